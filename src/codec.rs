@@ -1,0 +1,457 @@
+//! The sealed envelope a store keeps in Redis, and the keys that seal it.
+//!
+//! ```text
+//! byte 0       envelope format version (1)
+//! bytes 1..5   id of the key that signed it (derived from the key, not secret)
+//! bytes 5..37  HMAC-SHA256(key, byte 0 | key id | len(binding) u32 BE | binding | body)
+//! bytes 37..   body: CBOR of user, kind, created at, idle timeout, absolute deadline, data
+//! ```
+//!
+//! The binding is the Redis key name the blob is stored under, so a blob
+//! copied to another session's key does not verify. The MAC is checked in
+//! constant time before a single byte of the body is decoded.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hmac::{Hmac, KeyInit, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::record::{Data, Millis, Record, millis};
+use crate::token::{SessionId, TAG_BYTES, Tag};
+
+type HmacSha256 = Hmac<Sha256>;
+
+const FORMAT: u8 = 1;
+const KEY_ID_LEN: usize = 4;
+const MAC_LEN: usize = 32;
+const HEADER_LEN: usize = 1 + KEY_ID_LEN + MAC_LEN;
+/// The shortest secret a [`Keyring`] accepts, in bytes.
+pub const MIN_SECRET_LEN: usize = 32;
+
+/// Why a secret was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    /// The secret is too short to be a key.
+    #[error("session secret is {0} bytes; at least {MIN_SECRET_LEN} bytes are required")]
+    TooShort(usize),
+    /// The operating system's random number generator failed.
+    #[error("could not generate a random session secret: {0}")]
+    Random(String),
+}
+
+/// One signing key, pre-keyed so that sealing does not redo the HMAC key setup.
+struct SigningKey {
+    id: [u8; KEY_ID_LEN],
+    mac: HmacSha256,
+}
+
+/// The keys of a deployment: one that signs, older ones that still verify,
+/// and the key that routes users to hash slots.
+///
+/// Every key is derived from a base secret of at least 32 bytes with
+/// HMAC-SHA256 and a distinct label, so the one secret never signs anything
+/// itself.
+///
+/// Rotation: [`rotate`](Keyring::rotate) makes a new secret the signer while
+/// blobs signed with the older ones still open; each blob is re-signed with
+/// the new key the next time its session is saved. The routing key stays the
+/// one derived from the first secret (or set by
+/// [`with_routing_secret`](Keyring::with_routing_secret)), so rotation never
+/// moves a user's sessions to another hash slot.
+///
+/// ```
+/// use tower_redis_sessions::Keyring;
+///
+/// let old = Keyring::new([7u8; 32])?;
+/// // Later: sign with a new secret, still accept blobs signed with the old one.
+/// let keys = Keyring::new([7u8; 32])?.rotate([9u8; 32])?;
+/// assert_ne!(old.key_id(), keys.key_id());
+/// assert!(Keyring::new(b"short").is_err());
+/// # Ok::<(), tower_redis_sessions::KeyError>(())
+/// ```
+#[derive(Clone)]
+pub struct Keyring {
+    /// The signing key first, then older keys that only verify.
+    keys: Arc<Vec<SigningKey>>,
+    routing: HmacSha256,
+}
+
+impl Keyring {
+    /// A keyring whose keys all derive from `secret` (at least 32 bytes).
+    pub fn new(secret: impl AsRef<[u8]>) -> Result<Keyring, KeyError> {
+        check(secret.as_ref()).map(Keyring::derive)
+    }
+
+    /// The keyring of a secret already checked for length.
+    pub(crate) fn derive(secret: &[u8]) -> Keyring {
+        Keyring {
+            keys: Arc::new(vec![signing_key(secret)]),
+            routing: derived_mac(secret, b"routing"),
+        }
+    }
+
+    /// A keyring from a fresh random secret: sessions do not survive a
+    /// restart of the process. For tests, demos and single-process setups.
+    pub fn generate() -> Result<Keyring, KeyError> {
+        let mut secret = [0u8; 32];
+        getrandom::fill(&mut secret).map_err(|e| KeyError::Random(e.to_string()))?;
+        Keyring::new(secret)
+    }
+
+    /// Signs with a key derived from `secret` from now on; the keys signing
+    /// until now keep verifying. The routing key does not change.
+    pub fn rotate(self, secret: impl AsRef<[u8]>) -> Result<Keyring, KeyError> {
+        let mut keys = vec![signing_key(check(secret.as_ref())?)];
+        keys.extend(self.keys.iter().map(|k| SigningKey {
+            id: k.id,
+            mac: k.mac.clone(),
+        }));
+        Ok(Keyring {
+            keys: Arc::new(keys),
+            routing: self.routing,
+        })
+    }
+
+    /// Also accepts (never signs with) blobs signed by a key derived from
+    /// `secret`: the form to restart with after a rotation, besides
+    /// [`rotate`](Keyring::rotate).
+    pub fn accept(self, secret: impl AsRef<[u8]>) -> Result<Keyring, KeyError> {
+        let mut keys: Vec<SigningKey> = self
+            .keys
+            .iter()
+            .map(|k| SigningKey {
+                id: k.id,
+                mac: k.mac.clone(),
+            })
+            .collect();
+        keys.push(signing_key(check(secret.as_ref())?));
+        Ok(Keyring {
+            keys: Arc::new(keys),
+            routing: self.routing,
+        })
+    }
+
+    /// Derives the routing key from `secret` instead: set it once and keep
+    /// it, as changing it moves users' new sessions to other hash slots
+    /// (their existing sessions stay readable, but leave the user's index).
+    pub fn with_routing_secret(self, secret: impl AsRef<[u8]>) -> Result<Keyring, KeyError> {
+        Ok(Keyring {
+            keys: self.keys,
+            routing: derived_mac(check(secret.as_ref())?, b"routing"),
+        })
+    }
+
+    /// The id of the key that signs, as written in each envelope (hex). It
+    /// identifies the key without revealing it.
+    pub fn key_id(&self) -> String {
+        self.keys
+            .first()
+            .map(|k| k.id.iter().map(|b| format!("{b:02x}")).collect())
+            .unwrap_or_default()
+    }
+
+    /// The routing tag of a user, and a hash naming the user's index: a keyed
+    /// hash, so neither reveals the user id.
+    pub(crate) fn user_route(&self, user: &str) -> (Tag, String) {
+        use base64::Engine as _;
+        let digest = self
+            .routing
+            .clone()
+            .chain_update(user.as_bytes())
+            .finalize();
+        let bytes = digest.into_bytes();
+        let mut tag = [0u8; TAG_BYTES];
+        tag.copy_from_slice(&bytes[..TAG_BYTES]);
+        let hash = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+        (Tag(tag), hash)
+    }
+}
+
+impl fmt::Debug for Keyring {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Keyring")
+            .field("signing_key_id", &self.key_id())
+            .field("keys", &self.keys.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// HMAC-SHA256 keyed with `key`, infallibly: HMAC takes keys of any length
+/// (shorter ones zero-padded to the block, longer ones hashed first).
+fn hmac(key: &[u8]) -> HmacSha256 {
+    let mut block = [0u8; 64];
+    if key.len() <= block.len() {
+        block[..key.len()].copy_from_slice(key);
+    } else {
+        block[..32].copy_from_slice(&Sha256::digest(key));
+    }
+    HmacSha256::new(&block.into())
+}
+
+fn derived_mac(secret: &[u8], label: &[u8]) -> HmacSha256 {
+    let key = hmac(secret)
+        .chain_update(b"tower-redis-sessions/v1/")
+        .chain_update(label)
+        .finalize()
+        .into_bytes();
+    hmac(&key)
+}
+
+fn check(secret: &[u8]) -> Result<&[u8], KeyError> {
+    if secret.len() < MIN_SECRET_LEN {
+        return Err(KeyError::TooShort(secret.len()));
+    }
+    Ok(secret)
+}
+
+fn signing_key(secret: &[u8]) -> SigningKey {
+    let mac = derived_mac(secret, b"signing");
+    // The id is a MAC of a constant under the signing key: stable, and
+    // useless for forging.
+    let tag = mac.clone().chain_update(b"key id").finalize().into_bytes();
+    let mut id = [0u8; KEY_ID_LEN];
+    id.copy_from_slice(&tag[..KEY_ID_LEN]);
+    SigningKey { id, mac }
+}
+
+/// Why a blob did not open. Each is treated as "no session".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum OpenError {
+    #[error("sealed session is larger than the configured maximum")]
+    TooLarge,
+    #[error("sealed session is truncated")]
+    Truncated,
+    #[error("sealed session has an unknown envelope format")]
+    Format,
+    #[error("sealed session names a key this keyring does not hold")]
+    UnknownKey,
+    #[error("sealed session failed verification")]
+    BadMac,
+    #[error("sealed session body does not decode")]
+    Body,
+}
+
+#[derive(Serialize)]
+struct BodyRef<'a> {
+    u: Option<&'a str>,
+    k: &'a str,
+    c: Millis,
+    i: Option<u64>,
+    a: Option<Millis>,
+    d: &'a Data,
+}
+
+#[derive(Deserialize)]
+struct Body {
+    u: Option<String>,
+    k: String,
+    c: Millis,
+    i: Option<u64>,
+    a: Option<Millis>,
+    d: Data,
+}
+
+/// What the store knows about a blob besides the blob: where it lives and
+/// its unsealed bookkeeping.
+pub(crate) struct Meta<'a> {
+    pub(crate) binding: &'a str,
+    pub(crate) id: SessionId,
+    pub(crate) version: u64,
+    pub(crate) last_seen: Millis,
+}
+
+/// Seals and opens records with a keyring, within a size limit.
+#[derive(Clone, Debug)]
+pub(crate) struct Codec {
+    keyring: Keyring,
+    max_sealed: usize,
+}
+
+impl Codec {
+    pub(crate) fn new(keyring: Keyring, max_sealed: usize) -> Codec {
+        Codec {
+            keyring,
+            max_sealed,
+        }
+    }
+
+    pub(crate) fn keyring(&self) -> &Keyring {
+        &self.keyring
+    }
+
+    pub(crate) fn max_sealed(&self) -> usize {
+        self.max_sealed
+    }
+
+    /// The sealed form of `record`, bound to `binding`. `None` only if the
+    /// body does not encode (a CBOR value ciborium refuses).
+    pub(crate) fn seal(&self, binding: &str, record: &Record) -> Option<Vec<u8>> {
+        let key = self.keyring.keys.first()?;
+        let mut out = Vec::with_capacity(256);
+        out.push(FORMAT);
+        out.extend_from_slice(&key.id);
+        out.extend_from_slice(&[0; MAC_LEN]);
+        let body = BodyRef {
+            u: record.user.as_deref(),
+            k: &record.kind,
+            c: record.created_at,
+            i: record.idle_timeout.map(millis),
+            a: record.absolute_deadline,
+            d: &record.data,
+        };
+        ciborium::into_writer(&body, &mut out).ok()?;
+        let tag = mac_input(
+            key.mac.clone(),
+            &out[..1 + KEY_ID_LEN],
+            binding,
+            &out[HEADER_LEN..],
+        )
+        .finalize()
+        .into_bytes();
+        out[1 + KEY_ID_LEN..HEADER_LEN].copy_from_slice(&tag);
+        Some(out)
+    }
+
+    /// Verifies and decodes a blob read from under `meta.binding`.
+    pub(crate) fn open(&self, blob: &[u8], meta: Meta<'_>) -> Result<Record, OpenError> {
+        if blob.len() > self.max_sealed {
+            return Err(OpenError::TooLarge);
+        }
+        if blob.len() < HEADER_LEN {
+            return Err(OpenError::Truncated);
+        }
+        if blob[0] != FORMAT {
+            return Err(OpenError::Format);
+        }
+        let (id, tag, body) = (
+            &blob[1..1 + KEY_ID_LEN],
+            &blob[1 + KEY_ID_LEN..HEADER_LEN],
+            &blob[HEADER_LEN..],
+        );
+        let mut known = false;
+        let mut verified = false;
+        for key in self.keyring.keys.iter().filter(|k| k.id == id) {
+            known = true;
+            if mac_input(key.mac.clone(), &blob[..1 + KEY_ID_LEN], meta.binding, body)
+                .verify_slice(tag)
+                .is_ok()
+            {
+                verified = true;
+                break;
+            }
+        }
+        if !known {
+            return Err(OpenError::UnknownKey);
+        }
+        if !verified {
+            return Err(OpenError::BadMac);
+        }
+        let body: Body = ciborium::from_reader(body).map_err(|_| OpenError::Body)?;
+        Ok(Record {
+            id: meta.id,
+            user: body.u,
+            kind: body.k,
+            created_at: body.c,
+            last_seen: meta.last_seen,
+            idle_timeout: body.i.map(Duration::from_millis),
+            absolute_deadline: body.a,
+            version: meta.version,
+            data: body.d,
+        })
+    }
+}
+
+fn mac_input(mac: HmacSha256, header: &[u8], binding: &str, body: &[u8]) -> HmacSha256 {
+    let len = u32::try_from(binding.len()).unwrap_or(u32::MAX);
+    mac.chain_update(header)
+        .chain_update(len.to_be_bytes())
+        .chain_update(binding.as_bytes())
+        .chain_update(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::token::{Tag, Token};
+
+    fn record() -> Record {
+        let token = Token::generate(Tag::random().unwrap()).unwrap();
+        let mut r = Record::new(token.id(), "web", 1_000);
+        r.user = Some("alice".into());
+        r.idle_timeout = Some(Duration::from_secs(60));
+        r.absolute_deadline = Some(9_000_000);
+        r.data
+            .insert("n".into(), ciborium::Value::Integer(7.into()));
+        r
+    }
+
+    fn meta<'a>(binding: &'a str, r: &Record) -> Meta<'a> {
+        Meta {
+            binding,
+            id: r.id,
+            version: 3,
+            last_seen: 2_000,
+        }
+    }
+
+    #[test]
+    fn seal_then_open_gives_the_record_back() {
+        let codec = Codec::new(Keyring::new([1; 32]).unwrap(), 64 * 1024);
+        let r = record();
+        let blob = codec.seal("k1", &r).unwrap();
+        let opened = codec.open(&blob, meta("k1", &r)).unwrap();
+        assert_eq!(opened.user, r.user);
+        assert_eq!(opened.data, r.data);
+        assert_eq!(opened.idle_timeout, r.idle_timeout);
+        assert_eq!(opened.absolute_deadline, r.absolute_deadline);
+        assert_eq!((opened.version, opened.last_seen), (3, 2_000));
+    }
+
+    #[test]
+    fn every_alteration_is_refused() {
+        let codec = Codec::new(Keyring::new([1; 32]).unwrap(), 64 * 1024);
+        let r = record();
+        let blob = codec.seal("k1", &r).unwrap();
+        assert_eq!(codec.open(&blob, meta("k2", &r)), Err(OpenError::BadMac));
+        for i in 0..blob.len() {
+            let mut bad = blob.clone();
+            bad[i] ^= 0x01;
+            assert!(codec.open(&bad, meta("k1", &r)).is_err(), "byte {i}");
+        }
+        for n in 0..blob.len() {
+            assert!(codec.open(&blob[..n], meta("k1", &r)).is_err(), "len {n}");
+        }
+        let other = Codec::new(Keyring::new([2; 32]).unwrap(), 64 * 1024);
+        assert_eq!(
+            other.open(&blob, meta("k1", &r)),
+            Err(OpenError::UnknownKey)
+        );
+        let small = Codec::new(Keyring::new([1; 32]).unwrap(), 10);
+        assert_eq!(small.open(&blob, meta("k1", &r)), Err(OpenError::TooLarge));
+    }
+
+    #[test]
+    fn rotation_keeps_old_blobs_and_routes() {
+        let old = Keyring::new([1; 32]).unwrap();
+        let new = old.clone().rotate([2; 32]).unwrap();
+        let r = record();
+        let blob = Codec::new(old.clone(), 1 << 16).seal("k", &r).unwrap();
+        let codec = Codec::new(new.clone(), 1 << 16);
+        assert!(codec.open(&blob, meta("k", &r)).is_ok());
+        let resealed = codec.seal("k", &r).unwrap();
+        assert_eq!(
+            Codec::new(old.clone(), 1 << 16).open(&resealed, meta("k", &r)),
+            Err(OpenError::UnknownKey)
+        );
+        assert_eq!(old.user_route("alice").1, new.user_route("alice").1);
+        assert_ne!(old.user_route("alice").1, old.user_route("bob").1);
+    }
+
+    #[test]
+    fn short_secrets_are_refused() {
+        assert_eq!(Keyring::new([0; 31]).err(), Some(KeyError::TooShort(31)));
+    }
+}

@@ -1,0 +1,97 @@
+//! The session record: what a store keeps for one session.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use ciborium::Value;
+
+use crate::token::SessionId;
+
+/// Milliseconds since the Unix epoch, on the application's clock.
+pub type Millis = u64;
+
+/// The values a session holds: string keys to CBOR values.
+pub type Data = BTreeMap<String, Value>;
+
+/// One session as a store keeps it.
+///
+/// The store seals `user`, `kind`, `created_at`, `idle_timeout`,
+/// `absolute_deadline` and `data` with HMAC-SHA256; `version` and
+/// `last_seen` are the store's own bookkeeping (the lock version, and the
+/// last time sliding expiry moved the idle deadline).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Record {
+    /// The session's id (a hash of its token).
+    pub id: SessionId,
+    /// The user the session belongs to; `None` for an anonymous session.
+    pub user: Option<String>,
+    /// A label for the family of the session (`"web"`, `"api"`, ...): a
+    /// user's sessions can be listed and revoked per kind.
+    pub kind: String,
+    /// When the session was created.
+    pub created_at: Millis,
+    /// When the session was last seen: written by saves, and by loads when
+    /// sliding expiry moves the idle deadline (at most once per touch
+    /// interval).
+    pub last_seen: Millis,
+    /// The session ends after this long without being seen (sliding expiry).
+    pub idle_timeout: Option<Duration>,
+    /// The session ends at this time whatever its activity.
+    pub absolute_deadline: Option<Millis>,
+    /// Lock version: 0 for a session never saved, then the version the store
+    /// returned. A save succeeds only if the stored version still equals it.
+    pub version: u64,
+    /// The session's values.
+    pub data: Data,
+}
+
+impl Record {
+    /// A new, unsaved record (version 0).
+    pub fn new(id: SessionId, kind: impl Into<String>, now: Millis) -> Record {
+        Record {
+            id,
+            user: None,
+            kind: kind.into(),
+            created_at: now,
+            last_seen: now,
+            idle_timeout: None,
+            absolute_deadline: None,
+            version: 0,
+            data: Data::new(),
+        }
+    }
+
+    /// When the session ends unless seen again: the earlier of the idle and
+    /// the absolute deadline; `None` if it has neither.
+    pub fn deadline(&self) -> Option<Millis> {
+        let idle = self.idle_deadline();
+        match (idle, self.absolute_deadline) {
+            (Some(i), Some(a)) => Some(i.min(a)),
+            (i, a) => i.or(a),
+        }
+    }
+
+    /// `last_seen` plus the idle timeout.
+    pub fn idle_deadline(&self) -> Option<Millis> {
+        self.idle_timeout
+            .map(|idle| self.last_seen.saturating_add(millis(idle)))
+    }
+
+    /// Whether the session has ended by `now`.
+    pub fn is_expired(&self, now: Millis) -> bool {
+        self.deadline().is_some_and(|d| d <= now)
+    }
+}
+
+/// A duration in whole milliseconds, saturating.
+pub(crate) fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The application's clock.
+pub(crate) fn now_millis() -> Millis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(millis)
+        .unwrap_or(0)
+}

@@ -1,0 +1,351 @@
+//! What every store does the same way: naming keys, sealing and opening
+//! records, checking them, counting what happened. A [`Backend`] only moves
+//! sealed blobs, with the semantics of the function library in `lua/`.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::codec::{Codec, Meta};
+use crate::record::{Millis, Record, millis};
+use crate::store::{Clock, SaveOutcome, StoreConfig, StoreError};
+use crate::token::{KeySpace, SessionId, Tag, Token};
+
+/// A stored session as a backend returns it: sealed, with its bookkeeping.
+pub(crate) struct Raw {
+    pub(crate) version: u64,
+    pub(crate) blob: Vec<u8>,
+    pub(crate) last_seen: Millis,
+}
+
+pub(crate) enum RawSave {
+    Saved(u64),
+    Conflict(Raw),
+    Gone,
+}
+
+/// The arguments of one compare-and-set save.
+pub(crate) struct Write<'a> {
+    pub(crate) key: &'a str,
+    pub(crate) index: Option<&'a str>,
+    pub(crate) expected: u64,
+    pub(crate) blob: &'a [u8],
+    pub(crate) now: Millis,
+    /// Idle timeout in ms, 0 for none.
+    pub(crate) idle: u64,
+    /// Absolute deadline in ms, 0 for none.
+    pub(crate) absolute: Millis,
+    pub(crate) kind: &'a str,
+    /// Unique per save: a save retried after a lost reply recognises its own
+    /// earlier write instead of reporting a conflict with itself.
+    pub(crate) nonce: &'a str,
+}
+
+/// Blob-level storage with the semantics of `lua/sessions.lua`.
+pub(crate) trait Backend: Send + Sync + 'static {
+    fn load(
+        &self,
+        key: &str,
+        now: Millis,
+        touch: u64,
+    ) -> impl Future<Output = Result<Option<Raw>, StoreError>> + Send;
+
+    fn save(&self, write: Write<'_>) -> impl Future<Output = Result<RawSave, StoreError>> + Send;
+
+    /// Deletes `key`; with `owner`, only if that index owns it.
+    fn delete(
+        &self,
+        key: &str,
+        owner: Option<&str>,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    fn list(
+        &self,
+        index: &str,
+        now: Millis,
+        kind: Option<&str>,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<(String, Raw)>, StoreError>> + Send;
+
+    fn revoke_all(
+        &self,
+        index: &str,
+        now: Millis,
+        kind: Option<&str>,
+        keep: Option<&str>,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+}
+
+/// Counters of what a store refused or resolved. Cheap to read at any time.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StoreStats {
+    /// Saves that met another writer's newer version.
+    pub conflicts: u64,
+    /// Saves refused because the session had been deleted, revoked or had
+    /// expired: each one a session that was not brought back.
+    pub revivals_blocked: u64,
+    /// Stored blobs that failed verification (tampered, truncated, moved,
+    /// signed by an unknown key, or over the size limit).
+    pub rejected_blobs: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    conflicts: AtomicU64,
+    revivals_blocked: AtomicU64,
+    rejected_blobs: AtomicU64,
+}
+
+pub(crate) struct Core<B> {
+    pub(crate) backend: B,
+    codec: Codec,
+    keys: KeySpace,
+    touch: u64,
+    max_listed: usize,
+    clock: Clock,
+    counters: Counters,
+    nonce_base: u64,
+    nonce_next: AtomicU64,
+}
+
+impl<B: Backend> Core<B> {
+    pub(crate) fn new(backend: B, config: StoreConfig) -> Core<B> {
+        Core {
+            backend,
+            codec: Codec::new(config.keyring, config.max_sealed_size),
+            keys: KeySpace::new(config.prefix),
+            touch: millis(config.touch_interval),
+            max_listed: config.max_listed,
+            clock: config.clock,
+            counters: Counters::default(),
+            nonce_base: getrandom::u64().unwrap_or_default(),
+            nonce_next: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn now(&self) -> Millis {
+        (self.clock)()
+    }
+
+    pub(crate) fn stats(&self) -> StoreStats {
+        StoreStats {
+            conflicts: self.counters.conflicts.load(Ordering::Relaxed),
+            revivals_blocked: self.counters.revivals_blocked.load(Ordering::Relaxed),
+            rejected_blobs: self.counters.rejected_blobs.load(Ordering::Relaxed),
+        }
+    }
+
+    pub(crate) fn session_key(&self, token: &Token) -> String {
+        self.keys.session(token.tag(), &token.id())
+    }
+
+    fn user_index(&self, user: &str) -> (Tag, String) {
+        let (tag, hash) = self.codec.keyring().user_route(user);
+        (tag, self.keys.user_index(tag, &hash))
+    }
+
+    pub(crate) fn new_token(&self, user: Option<&str>) -> Result<Token, StoreError> {
+        let tag = match user {
+            Some(user) => Ok(self.codec.keyring().user_route(user).0),
+            None => Tag::random(),
+        };
+        tag.and_then(Token::generate)
+            .map_err(|e| StoreError::Random(e.to_string()))
+    }
+
+    /// Opens a stored blob; `None` (with a warning that names neither token
+    /// nor key) when it does not verify or has expired.
+    fn open(&self, key: &str, id: SessionId, raw: &Raw, now: Millis) -> Option<Record> {
+        let meta = Meta {
+            binding: key,
+            id,
+            version: raw.version,
+            last_seen: raw.last_seen,
+        };
+        match self.codec.open(&raw.blob, meta) {
+            Ok(record) if record.is_expired(now) => None,
+            Ok(record) => Some(record),
+            Err(error) => {
+                self.counters.rejected_blobs.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%error, "stored session rejected; treating it as no session");
+                None
+            }
+        }
+    }
+
+    pub(crate) async fn load(&self, token: &Token) -> Result<Option<Record>, StoreError> {
+        let key = self.session_key(token);
+        let now = self.now();
+        let raw = self.backend.load(&key, now, self.touch).await?;
+        Ok(raw.and_then(|raw| self.open(&key, token.id(), &raw, now)))
+    }
+
+    pub(crate) async fn save(
+        &self,
+        token: &Token,
+        record: &Record,
+    ) -> Result<SaveOutcome, StoreError> {
+        if record.id != token.id() {
+            return Err(StoreError::Invalid("the record's id is not the token's"));
+        }
+        let index = match &record.user {
+            Some(user) => {
+                let (tag, index) = self.user_index(user);
+                if tag != token.tag() {
+                    return Err(StoreError::Invalid(
+                        "a user's session needs a token made for that user",
+                    ));
+                }
+                Some(index)
+            }
+            None => None,
+        };
+        let key = self.session_key(token);
+        let blob = self
+            .codec
+            .seal(&key, record)
+            .ok_or(StoreError::Invalid("the session data does not encode"))?;
+        if blob.len() > self.codec.max_sealed() {
+            return Err(StoreError::TooLarge {
+                size: blob.len(),
+                max: self.codec.max_sealed(),
+            });
+        }
+        let now = self.now();
+        let nonce = format!(
+            "{:016x}{:x}",
+            self.nonce_base,
+            self.nonce_next.fetch_add(1, Ordering::Relaxed)
+        );
+        let write = Write {
+            key: &key,
+            index: index.as_deref(),
+            expected: record.version,
+            blob: &blob,
+            now,
+            idle: record.idle_timeout.map(millis).unwrap_or(0),
+            absolute: record.absolute_deadline.unwrap_or(0),
+            kind: &record.kind,
+            nonce: &nonce,
+        };
+        Ok(match self.backend.save(write).await? {
+            RawSave::Saved(version) => SaveOutcome::Saved { version },
+            RawSave::Conflict(raw) => {
+                self.counters.conflicts.fetch_add(1, Ordering::Relaxed);
+                match self.open(&key, token.id(), &raw, now) {
+                    Some(current) => SaveOutcome::Conflict(current),
+                    // What is stored does not verify: as good as no session.
+                    None => SaveOutcome::Gone,
+                }
+            }
+            RawSave::Gone => {
+                self.counters
+                    .revivals_blocked
+                    .fetch_add(1, Ordering::Relaxed);
+                SaveOutcome::Gone
+            }
+        })
+    }
+
+    pub(crate) async fn delete(&self, token: &Token) -> Result<bool, StoreError> {
+        self.backend.delete(&self.session_key(token), None).await
+    }
+
+    pub(crate) async fn list(
+        &self,
+        user: &str,
+        kind: Option<&str>,
+    ) -> Result<Vec<Record>, StoreError> {
+        let (_, index) = self.user_index(user);
+        let now = self.now();
+        let raws = self
+            .backend
+            .list(&index, now, kind, self.max_listed)
+            .await?;
+        Ok(raws
+            .into_iter()
+            .filter_map(|(key, raw)| {
+                let id = self.keys.id_of(&key)?;
+                self.open(&key, id, &raw, now)
+            })
+            // The index is the user's, but trust only what the seal says.
+            .filter(|record| record.user.as_deref() == Some(user))
+            .collect())
+    }
+
+    pub(crate) async fn revoke(&self, user: &str, id: &SessionId) -> Result<bool, StoreError> {
+        let (tag, index) = self.user_index(user);
+        let key = self.keys.session(tag, id);
+        self.backend.delete(&key, Some(&index)).await
+    }
+
+    pub(crate) async fn revoke_all(
+        &self,
+        user: &str,
+        kind: Option<&str>,
+        keep: Option<&Token>,
+    ) -> Result<u64, StoreError> {
+        let (_, index) = self.user_index(user);
+        let keep = keep.map(|token| self.session_key(token));
+        self.backend
+            .revoke_all(&index, self.now(), kind, keep.as_deref())
+            .await
+    }
+}
+
+/// Implements [`SessionStore`](crate::SessionStore) for a type with a
+/// `core: Core<_>` field.
+macro_rules! delegate_store {
+    ($store:ty) => {
+        impl $crate::SessionStore for $store {
+            fn new_token(&self, user: Option<&str>) -> Result<$crate::Token, $crate::StoreError> {
+                self.core.new_token(user)
+            }
+            fn now(&self) -> $crate::Millis {
+                self.core.now()
+            }
+            fn load<'a>(
+                &'a self,
+                token: &'a $crate::Token,
+            ) -> $crate::store::StoreFuture<'a, Option<$crate::Record>> {
+                Box::pin(self.core.load(token))
+            }
+            fn save<'a>(
+                &'a self,
+                token: &'a $crate::Token,
+                record: &'a $crate::Record,
+            ) -> $crate::store::StoreFuture<'a, $crate::SaveOutcome> {
+                Box::pin(self.core.save(token, record))
+            }
+            fn delete<'a>(
+                &'a self,
+                token: &'a $crate::Token,
+            ) -> $crate::store::StoreFuture<'a, bool> {
+                Box::pin(self.core.delete(token))
+            }
+            fn list<'a>(
+                &'a self,
+                user: &'a str,
+                kind: Option<&'a str>,
+            ) -> $crate::store::StoreFuture<'a, Vec<$crate::Record>> {
+                Box::pin(self.core.list(user, kind))
+            }
+            fn revoke<'a>(
+                &'a self,
+                user: &'a str,
+                id: &'a $crate::SessionId,
+            ) -> $crate::store::StoreFuture<'a, bool> {
+                Box::pin(self.core.revoke(user, id))
+            }
+            fn revoke_all<'a>(
+                &'a self,
+                user: &'a str,
+                kind: Option<&'a str>,
+                keep: Option<&'a $crate::Token>,
+            ) -> $crate::store::StoreFuture<'a, u64> {
+                Box::pin(self.core.revoke_all(user, kind, keep))
+            }
+        }
+    };
+}
+pub(crate) use delegate_store;

@@ -1,0 +1,342 @@
+//! [`MemoryStore`]: the same semantics as [`RedisStore`](crate::RedisStore),
+//! in process.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Mutex, MutexGuard};
+
+use crate::Keyring;
+use crate::record::Millis;
+use crate::store::core::{Backend, Core, Raw, RawSave, StoreStats, Write, delegate_store};
+use crate::store::{StoreConfig, StoreError};
+use crate::token::Token;
+
+/// Sessions in this process's memory, with the semantics of
+/// [`RedisStore`](crate::RedisStore): sealed records, optimistic locking,
+/// no revival of deleted sessions, idle and absolute expiry, per-user
+/// listing and revocation.
+///
+/// For tests of applications, single-process tools and demos: sessions are
+/// lost when the process ends and are not shared between processes. Expired
+/// sessions are dropped as they are met, and swept every 1024 saves.
+///
+/// ```
+/// use tower_redis_sessions::{MemoryStore, Record, SaveOutcome, SessionStore};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), tower_redis_sessions::StoreError> {
+/// let store = MemoryStore::default();
+/// let token = store.new_token(None)?;
+/// let record = Record::new(token.id(), "web", store.now());
+/// assert_eq!(store.save(&token, &record).await?, SaveOutcome::Saved { version: 1 });
+/// assert_eq!(store.load(&token).await?.map(|r| r.version), Some(1));
+/// // A second writer still holding version 0 cannot overwrite it.
+/// assert!(matches!(store.save(&token, &record).await?, SaveOutcome::Conflict(_)));
+/// # Ok(()) }
+/// ```
+pub struct MemoryStore {
+    core: Core<MemoryBackend>,
+}
+
+delegate_store!(MemoryStore);
+
+impl MemoryStore {
+    /// A store with the given configuration.
+    pub fn new(config: StoreConfig) -> MemoryStore {
+        MemoryStore {
+            core: Core::new(MemoryBackend::default(), config),
+        }
+    }
+
+    /// Counters of conflicts, blocked revivals and rejected blobs.
+    pub fn stats(&self) -> StoreStats {
+        self.core.stats()
+    }
+
+    /// The sealed bytes stored for `token`'s session.
+    ///
+    /// With [`set_sealed`](Self::set_sealed), this lets a test corrupt,
+    /// truncate or move a stored session and see how the application
+    /// copes, as it could with direct access to Redis.
+    pub fn sealed(&self, token: &Token) -> Option<Vec<u8>> {
+        let key = self.core.session_key(token);
+        self.core
+            .backend
+            .state()
+            .sessions
+            .get(&key)
+            .map(|e| e.blob.clone())
+    }
+
+    /// Replaces the sealed bytes stored for `token`'s session, if it exists.
+    /// Returns whether it did.
+    pub fn set_sealed(&self, token: &Token, blob: Vec<u8>) -> bool {
+        let key = self.core.session_key(token);
+        match self.core.backend.state().sessions.get_mut(&key) {
+            Some(entry) => {
+                entry.blob = blob;
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+impl Default for MemoryStore {
+    /// A store with a random keyring and default settings. Without a working
+    /// OS random number generator, the keyring derives from a fixed secret:
+    /// this store keeps nothing outside the process, so its keys only guard
+    /// against bugs, not attackers.
+    fn default() -> MemoryStore {
+        let keyring = Keyring::generate().unwrap_or_else(|_| Keyring::derive(&[0x5a; 32]));
+        MemoryStore::new(StoreConfig::new(keyring))
+    }
+}
+
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let sessions = self.core.backend.state().sessions.len();
+        f.debug_struct("MemoryStore")
+            .field("sessions", &sessions)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One session, with the fields of the Redis hash.
+struct Entry {
+    version: u64,
+    blob: Vec<u8>,
+    last_seen: Millis,
+    idle: u64,
+    absolute: Millis,
+    kind: String,
+    index: String,
+    nonce: String,
+}
+
+impl Entry {
+    fn deadline(&self) -> Millis {
+        deadline(self.last_seen, self.idle, self.absolute)
+    }
+
+    fn raw(&self) -> Raw {
+        Raw {
+            version: self.version,
+            blob: self.blob.clone(),
+            last_seen: self.last_seen,
+        }
+    }
+}
+
+fn deadline(seen: Millis, idle: u64, absolute: Millis) -> Millis {
+    let mut d = Millis::MAX;
+    if idle > 0 {
+        d = seen.saturating_add(idle);
+    }
+    if absolute > 0 && absolute < d {
+        d = absolute;
+    }
+    d
+}
+
+#[derive(Default)]
+struct State {
+    sessions: HashMap<String, Entry>,
+    /// user index -> session keys
+    indexes: HashMap<String, BTreeSet<String>>,
+    saves: u64,
+}
+
+impl State {
+    /// The live entry under `key`; an expired one is removed, as Redis would
+    /// have dropped it.
+    fn live(&mut self, key: &str, now: Millis) -> Option<&mut Entry> {
+        if self.sessions.get(key).is_some_and(|e| e.deadline() <= now) {
+            self.remove(key);
+        }
+        self.sessions.get_mut(key)
+    }
+
+    fn remove(&mut self, key: &str) -> Option<Entry> {
+        let entry = self.sessions.remove(key)?;
+        if !entry.index.is_empty() {
+            self.unindex(&entry.index.clone(), key);
+        }
+        Some(entry)
+    }
+
+    fn unindex(&mut self, index: &str, key: &str) {
+        if let Some(members) = self.indexes.get_mut(index) {
+            members.remove(key);
+            if members.is_empty() {
+                self.indexes.remove(index);
+            }
+        }
+    }
+
+    fn sweep(&mut self, now: Millis) {
+        let dead: Vec<String> = self
+            .sessions
+            .iter()
+            .filter(|(_, e)| e.deadline() <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in dead {
+            self.remove(&key);
+        }
+    }
+
+    /// The live members of `index`, in the order they expire.
+    fn members(&mut self, index: &str, now: Millis) -> Vec<String> {
+        let keys: Vec<String> = self
+            .indexes
+            .get(index)
+            .map(|m| m.iter().cloned().collect())
+            .unwrap_or_default();
+        let mut live: Vec<(Millis, String)> = keys
+            .into_iter()
+            .filter_map(|key| {
+                let d = self.live(&key, now)?.deadline();
+                Some((d, key))
+            })
+            .collect();
+        live.sort();
+        live.into_iter().map(|(_, key)| key).collect()
+    }
+}
+
+#[derive(Default)]
+struct MemoryBackend {
+    state: Mutex<State>,
+}
+
+impl MemoryBackend {
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave a half-applied change
+        // that matters more than losing the store, so keep serving.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Backend for MemoryBackend {
+    async fn load(&self, key: &str, now: Millis, touch: u64) -> Result<Option<Raw>, StoreError> {
+        let mut state = self.state();
+        let Some(entry) = state.live(key, now) else {
+            return Ok(None);
+        };
+        if entry.idle > 0 && now.saturating_sub(entry.last_seen) >= touch {
+            entry.last_seen = now;
+        }
+        Ok(Some(entry.raw()))
+    }
+
+    async fn save(&self, w: Write<'_>) -> Result<RawSave, StoreError> {
+        let mut state = self.state();
+        let current = state
+            .live(w.key, w.now)
+            .map(|e| (e.version, e.nonce.clone(), e.raw()));
+        if let Some((version, nonce, _)) = &current
+            && *version == w.expected + 1
+            && nonce == w.nonce
+        {
+            return Ok(RawSave::Saved(*version));
+        }
+        match (w.expected, current) {
+            (0, Some((_, _, raw))) => return Ok(RawSave::Conflict(raw)),
+            (0, None) => {}
+            (_, None) => return Ok(RawSave::Gone),
+            (expected, Some((version, _, raw))) if version != expected => {
+                return Ok(RawSave::Conflict(raw));
+            }
+            _ => {}
+        }
+        if deadline(w.now, w.idle, w.absolute) <= w.now {
+            state.remove(w.key);
+            return Ok(RawSave::Gone);
+        }
+        let index = w.index.unwrap_or("").to_owned();
+        if let Some(old) = state.sessions.get(w.key).map(|e| e.index.clone())
+            && !old.is_empty()
+            && old != index
+        {
+            state.unindex(&old, w.key);
+        }
+        let version = w.expected + 1;
+        state.sessions.insert(
+            w.key.to_owned(),
+            Entry {
+                version,
+                blob: w.blob.to_vec(),
+                last_seen: w.now,
+                idle: w.idle,
+                absolute: w.absolute,
+                kind: w.kind.to_owned(),
+                index: index.clone(),
+                nonce: w.nonce.to_owned(),
+            },
+        );
+        if !index.is_empty() {
+            state
+                .indexes
+                .entry(index)
+                .or_default()
+                .insert(w.key.to_owned());
+        }
+        state.saves += 1;
+        if state.saves.is_multiple_of(1024) {
+            state.sweep(w.now);
+        }
+        Ok(RawSave::Saved(version))
+    }
+
+    async fn delete(&self, key: &str, owner: Option<&str>) -> Result<bool, StoreError> {
+        let mut state = self.state();
+        let owned = match (state.sessions.get(key), owner) {
+            (None, _) => false,
+            (Some(_), None) => true,
+            (Some(entry), Some(owner)) => entry.index == owner,
+        };
+        Ok(owned && state.remove(key).is_some())
+    }
+
+    async fn list(
+        &self,
+        index: &str,
+        now: Millis,
+        kind: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Raw)>, StoreError> {
+        let mut state = self.state();
+        let members = state.members(index, now);
+        Ok(members
+            .into_iter()
+            .filter_map(|key| {
+                let entry = state.sessions.get(&key)?;
+                let wanted = kind.is_none_or(|k| k == entry.kind);
+                wanted.then(|| (key.clone(), entry.raw()))
+            })
+            .take(limit)
+            .collect())
+    }
+
+    async fn revoke_all(
+        &self,
+        index: &str,
+        now: Millis,
+        kind: Option<&str>,
+        keep: Option<&str>,
+    ) -> Result<u64, StoreError> {
+        let mut state = self.state();
+        let mut revoked = 0;
+        for key in state.members(index, now) {
+            let doomed = Some(key.as_str()) != keep
+                && state
+                    .sessions
+                    .get(&key)
+                    .is_some_and(|e| kind.is_none_or(|k| k == e.kind));
+            if doomed && state.remove(&key).is_some() {
+                revoked += 1;
+            }
+        }
+        Ok(revoked)
+    }
+}

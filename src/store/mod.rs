@@ -1,0 +1,243 @@
+//! Where sessions are kept: the [`SessionStore`] trait, its outcomes and
+//! errors, and the configuration every store shares.
+//!
+//! Two stores implement it with the same semantics: [`RedisStore`] (one Redis
+//! or a Redis Cluster) and [`MemoryStore`] (in process). Both keep sessions
+//! sealed with HMAC-SHA256 (see [`Keyring`]) under a key derived from the
+//! token, and both lock optimistically:
+//!
+//! - a save carries the lock version its record was loaded with
+//!   ([`Record::version`]); version 0 creates the session only if it does not
+//!   exist;
+//! - if the stored version differs, the save writes nothing and returns
+//!   [`SaveOutcome::Conflict`] with the current record, so the caller can
+//!   merge without another read;
+//! - if the session no longer exists (deleted, revoked, expired), a save
+//!   with version > 0 writes nothing and returns [`SaveOutcome::Gone`]: a
+//!   deleted session is never brought back.
+//!
+//! # Time
+//!
+//! Deadlines are decided on the application's clock ([`StoreConfig::clock`],
+//! the system clock by default). The sealed record carries them, so they
+//! have to be known before the single call that stores it. Redis receives
+//! absolute expiry times (`PEXPIREAT`) and drops keys by itself; each store
+//! function also refuses a session whose deadline has passed by the
+//! application's clock, so a Redis clock running late never keeps a session
+//! alive. Skew between application servers shifts deadlines by that skew
+//! (milliseconds under NTP).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::codec::Keyring;
+use crate::record::{Millis, Record};
+use crate::token::{SessionId, Token};
+
+pub(crate) mod core;
+mod library;
+mod memory;
+mod pool;
+mod redis;
+
+pub use self::memory::MemoryStore;
+pub use self::redis::{RedisStore, RedisStoreBuilder};
+
+/// The future every [`SessionStore`] method returns.
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
+/// A place to keep sessions. See the [module docs](self) for the semantics
+/// every implementation keeps.
+///
+/// Each method is one round trip to the backing store.
+pub trait SessionStore: Send + Sync + 'static {
+    /// A fresh token. For a user it carries the user's routing tag, so that
+    /// the session lands in the same hash slot as the user's other sessions.
+    fn new_token(&self, user: Option<&str>) -> Result<Token, StoreError>;
+
+    /// The store's clock, in milliseconds since the Unix epoch.
+    fn now(&self) -> Millis;
+
+    /// Loads the session `token` opens, extending its idle deadline in the
+    /// same call when due. `None` if there is none, it has expired, or its
+    /// stored form does not verify.
+    fn load<'a>(&'a self, token: &'a Token) -> StoreFuture<'a, Option<Record>>;
+
+    /// Saves `record` under `token` if the stored lock version still equals
+    /// `record.version` (see the [module docs](self)).
+    fn save<'a>(&'a self, token: &'a Token, record: &'a Record) -> StoreFuture<'a, SaveOutcome>;
+
+    /// Deletes the session `token` opens. `true` if there was one.
+    fn delete<'a>(&'a self, token: &'a Token) -> StoreFuture<'a, bool>;
+
+    /// The live sessions of `user`, of one kind or of all, in the order they
+    /// expire (at most [`StoreConfig::max_listed`]).
+    fn list<'a>(&'a self, user: &'a str, kind: Option<&'a str>) -> StoreFuture<'a, Vec<Record>>;
+
+    /// Deletes one session of `user` by id, if it is theirs. `true` if it
+    /// was.
+    fn revoke<'a>(&'a self, user: &'a str, id: &'a SessionId) -> StoreFuture<'a, bool>;
+
+    /// Deletes the sessions of `user` (of one kind, or all), except the one
+    /// `keep` opens. Returns how many live sessions were deleted.
+    fn revoke_all<'a>(
+        &'a self,
+        user: &'a str,
+        kind: Option<&'a str>,
+        keep: Option<&'a Token>,
+    ) -> StoreFuture<'a, u64>;
+}
+
+/// What a save did.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SaveOutcome {
+    /// Written; the record's new lock version.
+    Saved {
+        /// The lock version to send with the next save.
+        version: u64,
+    },
+    /// Another writer saved first: nothing was written. The current record
+    /// (with its lock version) to merge into and save again.
+    Conflict(Record),
+    /// The session no longer exists (deleted, revoked or expired): nothing
+    /// was written, and it stays gone.
+    Gone,
+}
+
+/// A store operation that failed. Sessions that do not exist or do not
+/// verify are not errors: they load as `None`.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// Redis could not be reached or the connection broke.
+    #[error("session store unavailable: {0}")]
+    Unavailable(String),
+    /// No connection became free within the wait timeout.
+    #[error("no session store connection free within {0:?}")]
+    PoolTimeout(Duration),
+    /// Redis did not answer within the command timeout.
+    #[error("session store did not answer within {0:?}")]
+    Timeout(Duration),
+    /// Redis answered with an error, or with a reply of an unexpected shape.
+    #[error("session store error: {0}")]
+    Redis(#[source] deadpool_redis::redis::RedisError),
+    /// The sealed record would exceed [`StoreConfig::max_sealed_size`];
+    /// nothing was written.
+    #[error("sealed session is {size} bytes, over the limit of {max} bytes")]
+    TooLarge {
+        /// Size of the sealed record.
+        size: usize,
+        /// The configured limit.
+        max: usize,
+    },
+    /// The record cannot be stored as asked (for instance, a user's session
+    /// under a token that does not carry the user's tag).
+    #[error("invalid session record: {0}")]
+    Invalid(&'static str),
+    /// The operating system's random number generator failed.
+    #[error("could not generate a session token: {0}")]
+    Random(String),
+    /// The connection settings are unusable (for instance, a malformed URL).
+    #[error("invalid session store configuration: {0}")]
+    Config(String),
+}
+
+impl StoreError {
+    /// Whether the store is unreachable, slow or saturated (a 503), rather
+    /// than failing the request for another reason (a 500).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Unavailable(_) | StoreError::PoolTimeout(_) | StoreError::Timeout(_)
+        )
+    }
+}
+
+/// A clock returning milliseconds since the Unix epoch.
+pub type Clock = Arc<dyn Fn() -> Millis + Send + Sync>;
+
+/// Configuration every store shares: keys, key prefix, expiry bookkeeping
+/// and limits.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_redis_sessions::{Keyring, StoreConfig};
+///
+/// let config = StoreConfig::new(Keyring::new([42u8; 32])?)
+///     .prefix("myapp:")
+///     .touch_interval(Duration::from_secs(30));
+/// # Ok::<(), tower_redis_sessions::KeyError>(())
+/// ```
+#[derive(Clone)]
+pub struct StoreConfig {
+    pub(crate) keyring: Keyring,
+    pub(crate) prefix: String,
+    pub(crate) touch_interval: Duration,
+    pub(crate) max_sealed_size: usize,
+    pub(crate) max_listed: usize,
+    pub(crate) clock: Clock,
+}
+
+impl StoreConfig {
+    /// Defaults: prefix `"trs:"`, touch interval 60 s, sealed records up to
+    /// 64 KiB, listings of up to 100 sessions, the system clock.
+    pub fn new(keyring: Keyring) -> StoreConfig {
+        StoreConfig {
+            keyring,
+            prefix: "trs:".to_owned(),
+            touch_interval: Duration::from_secs(60),
+            max_sealed_size: 64 * 1024,
+            max_listed: 100,
+            clock: Arc::new(crate::record::now_millis),
+        }
+    }
+
+    /// Prefix of every Redis key: deployments sharing one Redis keep apart
+    /// by their prefixes.
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// How long after the last extension a load may extend the idle deadline
+    /// again. Larger values write less; the idle deadline is then late by up
+    /// to this much. Zero extends on every load.
+    pub fn touch_interval(mut self, interval: Duration) -> Self {
+        self.touch_interval = interval;
+        self
+    }
+
+    /// The largest sealed record stored or decoded, in bytes. A save over it
+    /// fails with [`StoreError::TooLarge`] and writes nothing; a larger blob
+    /// found in the store is not decoded (it loads as no session).
+    pub fn max_sealed_size(mut self, bytes: usize) -> Self {
+        self.max_sealed_size = bytes;
+        self
+    }
+
+    /// The most sessions [`SessionStore::list`] returns.
+    pub fn max_listed(mut self, count: usize) -> Self {
+        self.max_listed = count;
+        self
+    }
+
+    /// Replaces the clock (milliseconds since the Unix epoch), for tests.
+    pub fn clock(mut self, clock: impl Fn() -> Millis + Send + Sync + 'static) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+}
+
+impl std::fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreConfig")
+            .field("keyring", &self.keyring)
+            .field("prefix", &self.prefix)
+            .field("touch_interval", &self.touch_interval)
+            .field("max_sealed_size", &self.max_sealed_size)
+            .field("max_listed", &self.max_listed)
+            .finish_non_exhaustive()
+    }
+}

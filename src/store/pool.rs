@@ -1,0 +1,244 @@
+//! Redis connections: multiplexed connections leased from a deadpool pool
+//! and kept.
+//!
+//! deadpool-redis health-checks a connection each time it is checked out
+//! (`UNWATCH` + `PING`), which would double the round trips of every store
+//! operation. A redis-rs multiplexed connection, though, already carries any
+//! number of concurrent commands. So the store checks out up to `pool size`
+//! connections once, keeps them in slots, and sends each call over a clone of
+//! the handle in the next slot (round robin): an operation costs exactly its
+//! one command. A connection that breaks or times out leaves its slot and the
+//! pool; the next call through that slot leases a fresh one, within the pool's
+//! wait and create timeouts. A semaphore bounds the calls in flight, and
+//! a call waits at most the wait timeout for a place.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use deadpool_redis::redis::aio::MultiplexedConnection;
+use deadpool_redis::redis::cluster_async::ClusterConnection;
+use deadpool_redis::redis::{Cmd, FromRedisValue, RedisError, RedisResult};
+use deadpool_redis::{PoolError, Timeouts as PoolTimeouts};
+use tokio::sync::Semaphore;
+
+/// Where connections come from.
+#[derive(Clone)]
+pub(crate) enum Pool {
+    Single(deadpool_redis::Pool),
+    Cluster(deadpool_redis::cluster::Pool),
+}
+
+impl Pool {
+    fn max_size(&self) -> usize {
+        match self {
+            Pool::Single(p) => p.status().max_size,
+            Pool::Cluster(p) => p.status().max_size,
+        }
+    }
+
+    async fn lease(&self, timeouts: &PoolTimeouts) -> Result<(Conn, Held), PoolError> {
+        Ok(match self {
+            Pool::Single(p) => {
+                let held = p.timeout_get(timeouts).await?;
+                (Conn::Single((*held).clone()), Held::Single(held))
+            }
+            Pool::Cluster(p) => {
+                let held = p.timeout_get(timeouts).await?;
+                (Conn::Cluster((*held).clone()), Held::Cluster(held))
+            }
+        })
+    }
+}
+
+/// A pool object kept checked out while its slot uses it.
+enum Held {
+    Single(deadpool_redis::Connection),
+    Cluster(deadpool_redis::cluster::Connection),
+}
+
+impl Held {
+    /// Takes the connection out of the pool for good (it is broken), so the
+    /// pool makes a new one instead of health-checking this one.
+    fn discard(self) {
+        match self {
+            Held::Single(c) => drop(deadpool_redis::Connection::take(c)),
+            Held::Cluster(c) => drop(deadpool_redis::cluster::Connection::take(c)),
+        }
+    }
+}
+
+/// A handle to a multiplexed connection: cheap to clone, shared by calls.
+#[derive(Clone)]
+enum Conn {
+    Single(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+impl Conn {
+    async fn query<T: FromRedisValue>(&mut self, cmd: &Cmd) -> RedisResult<T> {
+        match self {
+            Conn::Single(c) => cmd.query_async(c).await,
+            Conn::Cluster(c) => cmd.query_async(c).await,
+        }
+    }
+}
+
+struct Lease {
+    conn: Conn,
+    held: Held,
+    generation: u64,
+}
+
+/// Why a call failed.
+pub(crate) enum CallError {
+    /// No place among the calls in flight, or no connection from the pool,
+    /// within the wait timeout.
+    PoolTimeout,
+    /// No answer within the command timeout.
+    Timeout,
+    /// Could not connect (refused, unreachable, connect timeout).
+    Connect(String),
+    /// The connection broke, or Redis answered with an error.
+    Redis(RedisError),
+}
+
+/// Timeouts of the connection layer.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Timeouts {
+    pub(crate) wait: Duration,
+    pub(crate) connect: Duration,
+    pub(crate) command: Duration,
+}
+
+pub(crate) struct Connections {
+    pool: Pool,
+    slots: Box<[Mutex<Option<Lease>>]>,
+    next: AtomicUsize,
+    generation: AtomicU64,
+    in_flight: Semaphore,
+    timeouts: Timeouts,
+}
+
+impl Connections {
+    /// Up to `size` connections from `pool` (never more than the pool
+    /// holds), carrying at most `max_in_flight` calls at a time.
+    pub(crate) fn new(
+        pool: Pool,
+        size: usize,
+        max_in_flight: usize,
+        timeouts: Timeouts,
+    ) -> Connections {
+        let size = size.min(pool.max_size()).max(1);
+        Connections {
+            pool,
+            slots: (0..size).map(|_| Mutex::new(None)).collect(),
+            next: AtomicUsize::new(0),
+            generation: AtomicU64::new(0),
+            in_flight: Semaphore::new(max_in_flight.max(1)),
+            timeouts,
+        }
+    }
+
+    pub(crate) fn timeouts(&self) -> Timeouts {
+        self.timeouts
+    }
+
+    /// Sends `cmd` over one connection. If the connection turns out broken
+    /// (Redis restarted, a failover), the call is sent once more over a fresh
+    /// one; every function of the library is safe to repeat.
+    pub(crate) async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T, CallError> {
+        let _permit = match tokio::time::timeout(self.timeouts.wait, self.in_flight.acquire()).await
+        {
+            Ok(Ok(permit)) => permit,
+            // The semaphore is never closed; treat it as saturation if it were.
+            Ok(Err(_)) | Err(_) => return Err(CallError::PoolTimeout),
+        };
+        let slot = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let (mut conn, generation) = self.lease(slot).await?;
+            match tokio::time::timeout(self.timeouts.command, conn.query::<T>(cmd)).await {
+                Ok(Ok(value)) => return Ok(value),
+                Ok(Err(e)) if e.is_timeout() => {
+                    self.evict(slot, generation);
+                    return Err(CallError::Timeout);
+                }
+                Ok(Err(e)) if is_broken(&e) => {
+                    self.evict(slot, generation);
+                    if attempts >= 2 {
+                        return Err(CallError::Redis(e));
+                    }
+                }
+                Ok(Err(e)) => return Err(CallError::Redis(e)),
+                Err(_) => {
+                    // A connection that stopped answering may be half-open:
+                    // replace it rather than queue more calls behind it.
+                    self.evict(slot, generation);
+                    return Err(CallError::Timeout);
+                }
+            }
+        }
+    }
+
+    /// The connection in `slot`, leasing one from the pool if it is empty.
+    async fn lease(&self, slot: usize) -> Result<(Conn, u64), CallError> {
+        if let Some(found) = self.peek(slot) {
+            return Ok(found);
+        }
+        let timeouts = PoolTimeouts {
+            wait: Some(self.timeouts.wait),
+            create: Some(self.timeouts.connect),
+            recycle: Some(self.timeouts.command),
+        };
+        let (conn, held) = self.pool.lease(&timeouts).await.map_err(|e| match e {
+            PoolError::Timeout(deadpool_redis::TimeoutType::Wait) => CallError::PoolTimeout,
+            PoolError::Timeout(_) => CallError::Connect("connect timed out".to_owned()),
+            PoolError::Backend(e) => CallError::Connect(e.to_string()),
+            other => CallError::Connect(other.to_string()),
+        })?;
+        let mut guard = lock(&self.slots[slot]);
+        if let Some(lease) = guard.as_ref() {
+            // Another call filled the slot meanwhile; ours goes back to the pool.
+            return Ok((lease.conn.clone(), lease.generation));
+        }
+        let generation = self.generation.fetch_add(1, Ordering::Relaxed);
+        *guard = Some(Lease {
+            conn: conn.clone(),
+            held,
+            generation,
+        });
+        Ok((conn, generation))
+    }
+
+    fn peek(&self, slot: usize) -> Option<(Conn, u64)> {
+        lock(&self.slots[slot])
+            .as_ref()
+            .map(|lease| (lease.conn.clone(), lease.generation))
+    }
+
+    /// Empties `slot` if it still holds the connection of `generation`.
+    fn evict(&self, slot: usize, generation: u64) {
+        let lease = {
+            let mut guard = lock(&self.slots[slot]);
+            match guard.as_ref() {
+                Some(lease) if lease.generation == generation => guard.take(),
+                _ => None,
+            }
+        };
+        if let Some(lease) = lease {
+            lease.held.discard();
+        }
+    }
+}
+
+/// A slot's lock; a panic elsewhere while holding it leaves a valid state.
+fn lock(slot: &Mutex<Option<Lease>>) -> std::sync::MutexGuard<'_, Option<Lease>> {
+    slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Errors after which a connection cannot be trusted to carry more calls.
+fn is_broken(e: &RedisError) -> bool {
+    e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error()
+}

@@ -1,0 +1,413 @@
+//! [`RedisStore`]: sessions in one Redis or a Redis Cluster, one function
+//! call per operation.
+
+use std::time::Duration;
+
+use deadpool_redis::redis::{self, Cmd, ErrorKind, FromRedisValue, RedisError, Value};
+use deadpool_redis::{PoolConfig, Runtime};
+
+use crate::record::Millis;
+use crate::store::core::{Backend, Core, Raw, RawSave, StoreStats, Write, delegate_store};
+use crate::store::library::Library;
+use crate::store::pool::{CallError, Connections, Pool, Timeouts};
+use crate::store::{StoreConfig, StoreError};
+
+/// Sessions in Redis (>= 7), on a single node or a Redis Cluster.
+///
+/// Every operation is one `FCALL` of the function library in
+/// `lua/sessions.lua`, which the store registers when it connects (`FUNCTION
+/// LOAD REPLACE`) under a name carrying a hash of its source (see
+/// [`library_name`](RedisStore::library_name)). If Redis lost the library
+/// (a restart without persistence, `FUNCTION FLUSH`, a failover to a node
+/// without it), the failing call registers it again and is sent once more.
+///
+/// # Keys
+///
+/// With prefix `P`, a session is the hash `P{tag}:s:<id>` and a user's index
+/// the sorted set `P{tag}:u:<keyed hash of the user id>`; the `{tag}` hash tag
+/// puts a user's sessions and index in one hash slot, so every call stays in
+/// one slot on Redis Cluster. Redis expires both by itself: no cleanup job.
+///
+/// # Connections
+///
+/// The store keeps up to [`pool_size`](RedisStoreBuilder::pool_size)
+/// multiplexed connections (default 10), each carrying many concurrent calls,
+/// so a deployment opens `pool_size x processes` connections to a single
+/// Redis, and `pool_size x processes x masters` to a cluster. They are leased
+/// from a deadpool-redis pool and kept, which avoids the health check
+/// deadpool runs at every checkout (it would cost one more round trip per
+/// operation).
+///
+/// # Timeouts
+///
+/// A call waits at most the wait timeout for a place among the calls in
+/// flight, the connect timeout for a new connection, and the command timeout
+/// for the answer; a call whose connection broke is sent once more over a new
+/// connection. So an operation fails at the latest after
+/// `wait + 2 x (connect + command)`.
+///
+/// ```no_run
+/// use tower_redis_sessions::{Keyring, RedisStore, StoreConfig};
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let config = StoreConfig::new(Keyring::new(std::env::var("SESSION_SECRET")?)?);
+/// let store = RedisStore::builder(config)
+///     .pool_size(16)
+///     .connect("redis://127.0.0.1:6379")
+///     .await?;
+/// # Ok(()) }
+/// ```
+pub struct RedisStore {
+    core: Core<RedisBackend>,
+}
+
+delegate_store!(RedisStore);
+
+impl RedisStore {
+    /// Connects to the Redis at `url` with default settings.
+    pub async fn connect(url: &str, config: StoreConfig) -> Result<RedisStore, StoreError> {
+        RedisStore::builder(config).connect(url).await
+    }
+
+    /// A builder for the connection settings.
+    pub fn builder(config: StoreConfig) -> RedisStoreBuilder {
+        RedisStoreBuilder {
+            config,
+            pool_size: 10,
+            max_in_flight: None,
+            timeouts: Timeouts {
+                wait: Duration::from_secs(1),
+                connect: Duration::from_secs(2),
+                command: Duration::from_secs(1),
+            },
+            lazy: false,
+        }
+    }
+
+    /// The name the function library is registered under: `trs_` and the
+    /// first 16 hex digits of SHA-256 of `lua/sessions.lua`.
+    pub fn library_name(&self) -> &str {
+        &self.core.backend.library.name
+    }
+
+    /// Counters of conflicts, blocked revivals and rejected blobs.
+    pub fn stats(&self) -> StoreStats {
+        self.core.stats()
+    }
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("library", &self.library_name())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Connection settings of a [`RedisStore`].
+#[derive(Debug)]
+#[must_use]
+pub struct RedisStoreBuilder {
+    config: StoreConfig,
+    pool_size: usize,
+    max_in_flight: Option<usize>,
+    timeouts: Timeouts,
+    lazy: bool,
+}
+
+impl RedisStoreBuilder {
+    /// How many multiplexed connections to keep (default 10). With
+    /// [`from_pool`](Self::from_pool), at most the pool's own size.
+    pub fn pool_size(mut self, size: usize) -> Self {
+        self.pool_size = size.max(1);
+        self
+    }
+
+    /// How many calls may be in flight at once, over all connections
+    /// (default 32 per connection). Beyond it, calls wait up to the wait
+    /// timeout, then fail with [`StoreError::PoolTimeout`].
+    pub fn max_in_flight(mut self, calls: usize) -> Self {
+        self.max_in_flight = Some(calls.max(1));
+        self
+    }
+
+    /// How long a call waits for a place or a pooled connection (default 1 s).
+    pub fn wait_timeout(mut self, timeout: Duration) -> Self {
+        self.timeouts.wait = timeout;
+        self
+    }
+
+    /// How long opening a connection may take (default 2 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.timeouts.connect = timeout;
+        self
+    }
+
+    /// How long Redis may take to answer a call (default 1 s).
+    pub fn command_timeout(mut self, timeout: Duration) -> Self {
+        self.timeouts.command = timeout;
+        self
+    }
+
+    /// Whether to start without contacting Redis (default `false`).
+    ///
+    /// By default connecting opens a connection and registers the function
+    /// library, so a wrong URL or an unreachable Redis fails at start-up,
+    /// within the connect and command timeouts. A lazy store connects and
+    /// registers on first use instead: the service starts while Redis is
+    /// down, and requests that need a session fail (503) until it is up.
+    pub fn lazy(mut self, lazy: bool) -> Self {
+        self.lazy = lazy;
+        self
+    }
+
+    /// Connects to the single Redis at `url` (`redis://[:password@]host:port[/db]`,
+    /// or `rediss://` for TLS if redis-rs is built with it).
+    pub async fn connect(self, url: &str) -> Result<RedisStore, StoreError> {
+        let manager = deadpool_redis::Manager::new_with_config(
+            url,
+            redis::AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(self.timeouts.connect))
+                // Calls are timed by the store itself, the same way on a cluster.
+                .set_response_timeout(None),
+        )
+        .map_err(|e| StoreError::Config(e.to_string()))?;
+        let pool = deadpool_redis::Pool::builder(manager)
+            .config(self.pool_config())
+            .runtime(Runtime::Tokio1)
+            .build()
+            .map_err(|e| StoreError::Config(e.to_string()))?;
+        self.from_pool(pool).await
+    }
+
+    /// Connects to the Redis Cluster reachable at any of `urls`.
+    pub async fn connect_cluster<I, S>(self, urls: I) -> Result<RedisStore, StoreError>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let config = deadpool_redis::cluster::Config {
+            urls: Some(urls.into_iter().map(Into::into).collect()),
+            connections: None,
+            pool: Some(self.pool_config()),
+            read_from_replicas: false,
+        };
+        let pool = config
+            .create_pool(Some(Runtime::Tokio1))
+            .map_err(|e| StoreError::Config(e.to_string()))?;
+        self.from_cluster_pool(pool).await
+    }
+
+    /// Uses connections from an existing pool (to a single Redis). The store
+    /// keeps up to `pool_size` of them checked out: give it a pool of its own,
+    /// or one larger than that.
+    pub async fn from_pool(self, pool: deadpool_redis::Pool) -> Result<RedisStore, StoreError> {
+        self.build(Pool::Single(pool)).await
+    }
+
+    /// Uses connections from an existing Redis Cluster pool (see
+    /// [`from_pool`](Self::from_pool)).
+    pub async fn from_cluster_pool(
+        self,
+        pool: deadpool_redis::cluster::Pool,
+    ) -> Result<RedisStore, StoreError> {
+        self.build(Pool::Cluster(pool)).await
+    }
+
+    fn pool_config(&self) -> PoolConfig {
+        let mut config = PoolConfig::new(self.pool_size);
+        config.timeouts.wait = Some(self.timeouts.wait);
+        config.timeouts.create = Some(self.timeouts.connect);
+        config.timeouts.recycle = Some(self.timeouts.command);
+        config
+    }
+
+    async fn build(self, pool: Pool) -> Result<RedisStore, StoreError> {
+        let max_in_flight = self
+            .max_in_flight
+            .unwrap_or(self.pool_size.saturating_mul(32));
+        let backend = RedisBackend {
+            conns: Connections::new(pool, self.pool_size, max_in_flight, self.timeouts),
+            library: Library::new(),
+        };
+        if !self.lazy {
+            backend.register().await?;
+        }
+        Ok(RedisStore {
+            core: Core::new(backend, self.config),
+        })
+    }
+}
+
+struct RedisBackend {
+    conns: Connections,
+    library: Library,
+}
+
+impl RedisBackend {
+    async fn register(&self) -> Result<(), StoreError> {
+        let mut cmd = redis::cmd("FUNCTION");
+        cmd.arg("LOAD").arg("REPLACE").arg(&self.library.source);
+        self.conns
+            .query::<Value>(&cmd)
+            .await
+            .map_err(|e| self.store_error(e))?;
+        tracing::info!(library = %self.library.name, "registered the session function library");
+        Ok(())
+    }
+
+    /// One function call; registers the library again if Redis lost it.
+    async fn fcall<T: FromRedisValue>(&self, cmd: Cmd) -> Result<T, StoreError> {
+        match self.conns.query(&cmd).await {
+            Err(CallError::Redis(e)) if is_missing_function(&e) => {
+                tracing::warn!(
+                    library = %self.library.name,
+                    "session function library missing in Redis (restart, FUNCTION FLUSH or failover); registering it again"
+                );
+                self.register().await?;
+                self.conns
+                    .query(&cmd)
+                    .await
+                    .map_err(|e| self.store_error(e))
+            }
+            result => result.map_err(|e| self.store_error(e)),
+        }
+    }
+
+    fn store_error(&self, error: CallError) -> StoreError {
+        let timeouts = self.conns.timeouts();
+        match error {
+            CallError::PoolTimeout => StoreError::PoolTimeout(timeouts.wait),
+            CallError::Timeout => StoreError::Timeout(timeouts.command),
+            CallError::Connect(reason) => StoreError::Unavailable(reason),
+            CallError::Redis(e) if is_unavailable(&e) => StoreError::Unavailable(e.to_string()),
+            CallError::Redis(e) => StoreError::Redis(e),
+        }
+    }
+}
+
+fn is_missing_function(e: &RedisError) -> bool {
+    e.to_string().contains("Function not found")
+}
+
+/// Errors that mean "Redis is not there right now" rather than "this call is
+/// wrong": broken connections, a cluster or a node that is down, loading, or
+/// a replica that cannot take writes.
+fn is_unavailable(e: &RedisError) -> bool {
+    use redis::ServerErrorKind as S;
+    e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_unrecoverable_error()
+        || matches!(
+            e.kind(),
+            ErrorKind::ClusterConnectionNotFound
+                | ErrorKind::Server(
+                    S::ClusterDown | S::TryAgain | S::MasterDown | S::BusyLoading | S::ReadOnly
+                )
+        )
+}
+
+fn fcall(name: &str, keys: &[&str]) -> Cmd {
+    let mut cmd = redis::cmd("FCALL");
+    cmd.arg(name).arg(keys.len()).arg(keys);
+    cmd
+}
+
+/// `{'saved', v}`, `{'conflict', v, blob, last seen}` or `{'gone'}`.
+fn parse_save(reply: Value) -> Option<RawSave> {
+    let Value::Array(items) = reply else {
+        return None;
+    };
+    let mut items = items.into_iter();
+    let mut next = || items.next();
+    let tag = String::from_redis_value(next()?).ok()?;
+    match tag.as_str() {
+        "saved" => Some(RawSave::Saved(u64::from_redis_value(next()?).ok()?)),
+        "conflict" => Some(RawSave::Conflict(Raw {
+            version: u64::from_redis_value(next()?).ok()?,
+            blob: Vec::<u8>::from_redis_value(next()?).ok()?,
+            last_seen: u64::from_redis_value(next()?).ok()?,
+        })),
+        "gone" => Some(RawSave::Gone),
+        _ => None,
+    }
+}
+
+fn unexpected(what: &'static str) -> StoreError {
+    StoreError::Redis(RedisError::from((ErrorKind::UnexpectedReturnType, what)))
+}
+
+impl Backend for RedisBackend {
+    async fn load(&self, key: &str, now: Millis, touch: u64) -> Result<Option<Raw>, StoreError> {
+        let mut cmd = fcall(&self.library.load, &[key]);
+        cmd.arg(now).arg(touch);
+        let reply: Option<(u64, Vec<u8>, u64)> = self.fcall(cmd).await?;
+        Ok(reply.map(|(version, blob, last_seen)| Raw {
+            version,
+            blob,
+            last_seen,
+        }))
+    }
+
+    async fn save(&self, w: Write<'_>) -> Result<RawSave, StoreError> {
+        let mut cmd = match w.index {
+            Some(index) => fcall(&self.library.save, &[w.key, index]),
+            None => fcall(&self.library.save, &[w.key]),
+        };
+        cmd.arg(w.expected)
+            .arg(w.blob)
+            .arg(w.now)
+            .arg(w.idle)
+            .arg(w.absolute)
+            .arg(w.kind)
+            .arg(w.nonce);
+        let reply: Value = self.fcall(cmd).await?;
+        parse_save(reply)
+            .ok_or_else(|| unexpected("unexpected reply from the session save function"))
+    }
+
+    async fn delete(&self, key: &str, owner: Option<&str>) -> Result<bool, StoreError> {
+        let mut cmd = fcall(&self.library.delete, &[key]);
+        cmd.arg(owner.unwrap_or(""));
+        let deleted: u64 = self.fcall(cmd).await?;
+        Ok(deleted > 0)
+    }
+
+    async fn list(
+        &self,
+        index: &str,
+        now: Millis,
+        kind: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Raw)>, StoreError> {
+        let mut cmd = fcall(&self.library.list, &[index]);
+        cmd.arg(now).arg(kind.unwrap_or("")).arg(limit);
+        let rows: Vec<(String, u64, Vec<u8>, u64)> = self.fcall(cmd).await?;
+        Ok(rows
+            .into_iter()
+            .map(|(key, version, blob, last_seen)| {
+                (
+                    key,
+                    Raw {
+                        version,
+                        blob,
+                        last_seen,
+                    },
+                )
+            })
+            .collect())
+    }
+
+    async fn revoke_all(
+        &self,
+        index: &str,
+        now: Millis,
+        kind: Option<&str>,
+        keep: Option<&str>,
+    ) -> Result<u64, StoreError> {
+        let mut cmd = fcall(&self.library.revoke, &[index]);
+        cmd.arg(now).arg(kind.unwrap_or("")).arg(keep.unwrap_or(""));
+        self.fcall(cmd).await
+    }
+}
