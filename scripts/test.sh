@@ -58,14 +58,14 @@ done
 step "cargo fmt --all -- --check"
 cargo fmt --all -- --check
 
-step "cargo clippy --all-targets -- -D warnings"
-cargo clippy --all-targets -- -D warnings
+step "cargo clippy --all-targets --all-features -- -D warnings"
+cargo clippy --all-targets --all-features -- -D warnings
 
-step "cargo test --all-targets"
-cargo test --all-targets
+step "cargo test --all-targets --all-features"
+cargo test --all-targets --all-features
 
-step "cargo test --doc"
-cargo test --doc
+step "cargo test --doc --all-features"
+cargo test --doc --all-features
 
 step 'RUSTDOCFLAGS="-D warnings" cargo doc --no-deps'
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps

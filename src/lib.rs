@@ -15,6 +15,9 @@ mod codec;
 mod error;
 #[cfg(feature = "axum")]
 mod extract;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod layer;
 mod record;
 mod session;
@@ -33,3 +36,8 @@ pub use store::{
     MemoryStore, RedisStore, RedisStoreBuilder, SaveOutcome, SessionStore, StoreConfig, StoreError,
 };
 pub use token::{SessionId, TOKEN_LEN, Token, TokenError};
+
+/// The README's examples, compiled as doc tests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
