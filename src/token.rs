@@ -69,6 +69,11 @@ impl Token {
         Ok(Token { tag, secret })
     }
 
+    #[cfg(feature = "fuzzing")]
+    pub(crate) fn from_parts(tag: Tag, secret: [u8; SECRET_BYTES]) -> Token {
+        Token { tag, secret }
+    }
+
     pub(crate) fn tag(&self) -> Tag {
         self.tag
     }
