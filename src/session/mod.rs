@@ -1,6 +1,8 @@
 //! [`Session`]: the handle a request uses to read and change its session.
 
 mod state;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
