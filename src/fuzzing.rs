@@ -2,24 +2,33 @@
 //! parsers a client or a compromised store can feed. Not a stable API.
 
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use http::HeaderMap;
 
 use crate::codec::{Codec, Keyring, Meta};
+use crate::record::Record;
 use crate::token::{Tag, Token};
 use crate::transport::Transport;
 
 const BINDING: &str = "fuzz:{AAAAAAAA}:s:key";
 
+/// The sealed-size limit of the fuzzing codec (the store's default).
+pub const MAX_SEALED: usize = 64 * 1024;
+
 fn codec() -> &'static Codec {
     static CODEC: OnceLock<Codec> = OnceLock::new();
-    CODEC.get_or_init(|| Codec::new(Keyring::derive(&[7; 32]), 64 * 1024))
+    CODEC.get_or_init(|| Codec::new(Keyring::derive(&[7; 32]), MAX_SEALED))
+}
+
+fn token() -> Token {
+    Token::from_parts(Tag([0; 6]), [0; 32])
 }
 
 fn meta() -> Meta<'static> {
     Meta {
         binding: BINDING,
-        id: Token::from_parts(Tag([0; 6]), [0; 32]).id(),
+        id: token().id(),
         version: 1,
         last_seen: 0,
     }
@@ -55,3 +64,23 @@ pub fn open_body(body: &[u8]) -> bool {
     let blob = codec().seal_body(BINDING, body);
     codec().open(&blob, meta()).is_ok()
 }
+
+/// A valid sealed blob (a record with a user, deadlines and a few values),
+/// as [`open`] accepts it: the start point for near-miss inputs.
+pub fn sample_blob() -> Vec<u8> {
+    let mut record = Record::new(token().id(), "web", 1_000);
+    record.user = Some("alice".to_owned());
+    record.idle_timeout = Some(Duration::from_secs(60));
+    record.absolute_deadline = Some(9_000_000);
+    record.data.insert("n".to_owned(), 42.into());
+    record.data.insert("s".to_owned(), "text".into());
+    record.data.insert(
+        "a".to_owned(),
+        ciborium::Value::Array(vec![1.into(), ciborium::Value::Bytes(vec![0, 255])]),
+    );
+    codec().seal(BINDING, &record).unwrap_or_default()
+}
+
+/// The length of an envelope's header (format, key id, MAC): the body of a
+/// blob starts here. `open_body(&sample_blob()[HEADER_LEN..])` holds.
+pub const HEADER_LEN: usize = 1 + 4 + 32;
