@@ -114,6 +114,13 @@ pub(crate) struct Timeouts {
 pub(crate) struct Connections {
     pool: Pool,
     slots: Box<[Mutex<Option<Lease>>]>,
+    /// One lease from the pool at a time per slot. Slots keep their
+    /// connections checked out for good, and there are no more slots than
+    /// pooled connections: if every caller of an empty slot went to the pool,
+    /// the extra checkouts could find the pool emptied by the other slots and
+    /// wait for a connection that never comes back (a `PoolTimeout` under a
+    /// burst of concurrent first calls).
+    leasing: Box<[tokio::sync::Mutex<()>]>,
     next: AtomicUsize,
     generation: AtomicU64,
     in_flight: Semaphore,
@@ -133,6 +140,7 @@ impl Connections {
         Connections {
             pool,
             slots: (0..size).map(|_| Mutex::new(None)).collect(),
+            leasing: (0..size).map(|_| tokio::sync::Mutex::new(())).collect(),
             next: AtomicUsize::new(0),
             generation: AtomicU64::new(0),
             in_flight: Semaphore::new(max_in_flight.max(1)),
@@ -184,6 +192,15 @@ impl Connections {
 
     /// The connection in `slot`, leasing one from the pool if it is empty.
     async fn lease(&self, slot: usize) -> Result<(Conn, u64), CallError> {
+        if let Some(found) = self.peek(slot) {
+            return Ok(found);
+        }
+        let Ok(_leasing) =
+            tokio::time::timeout(self.timeouts.wait, self.leasing[slot].lock()).await
+        else {
+            return Err(CallError::PoolTimeout);
+        };
+        // Filled by the call that held the lease lock before us.
         if let Some(found) = self.peek(slot) {
             return Ok(found);
         }
