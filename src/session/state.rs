@@ -22,10 +22,14 @@ pub(crate) struct Policy {
 
 /// How a save that met a concurrent writer retries.
 ///
-/// After a conflict the request's own changes are applied again onto the
-/// record the store returned (no extra read), then saved again after a pause
-/// drawn uniformly from `[0, min(cap, base x 2^attempt))` ("full jitter"), so
-/// that writers that collided spread out. After `attempts` saves in all, the
+/// After a first conflict the request's own changes are applied again onto
+/// the record the store returned (no extra read) and saved again at once,
+/// while that record is fresh. If that save meets a writer too, the session
+/// is contended: the request pauses for a time drawn uniformly from
+/// `[0, min(cap, base x 2^attempt))` ("full jitter"), so that writers that
+/// collided spread out, then loads the session again (a record from before
+/// the pause would be stale, and would lose to whoever saved during it),
+/// re-applies its changes and saves. After `attempts` saves in all, the
 /// request fails with [`SessionError::Busy`] (503).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct RetryPolicy {
@@ -286,11 +290,27 @@ impl State {
                     current.token = token;
                 }
                 SaveOutcome::Conflict(mut newer) => {
+                    if attempt > 1 {
+                        // Contended (see `RetryPolicy`): pause, then read the
+                        // record again rather than save one that went stale
+                        // during the pause.
+                        tokio::time::sleep(retry.pause(attempt)).await;
+                        match store.load(&current.token).await? {
+                            Some(fresh) => newer = fresh,
+                            None => {
+                                // Deleted or expired meanwhile: stays gone.
+                                self.current = None;
+                                self.changes.clear();
+                                self.issued = false;
+                                self.ended = true;
+                                continue;
+                            }
+                        }
+                    }
                     for change in &self.changes {
                         change.apply(&mut newer)?;
                     }
                     current.record = newer;
-                    tokio::time::sleep(retry.pause(attempt)).await;
                 }
                 SaveOutcome::Gone => {
                     // Deleted or revoked meanwhile: it stays that way.
