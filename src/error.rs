@@ -57,6 +57,12 @@ impl SessionError {
 
     /// A short text for the client; details stay in the logs.
     pub(crate) fn public_message(&self) -> &'static str {
+        if let SessionError::MissingLayer = self {
+            // A mistake in the application's setup, not in the request: say
+            // what is wrong where the developer first looks (it reveals
+            // nothing about any session).
+            return "no session in the request: is SessionLayer installed in front of this handler?\n";
+        }
         match self.status() {
             StatusCode::SERVICE_UNAVAILABLE => "session store unavailable, try again\n",
             StatusCode::UNAUTHORIZED => "not logged in\n",
