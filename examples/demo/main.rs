@@ -1,0 +1,301 @@
+//! The demo: an axum app with sessions in Redis (or in memory).
+//!
+//! ```text
+//! cargo run --example demo
+//! ```
+//!
+//! Then open <http://127.0.0.1:3000/>, or use the JSON API:
+//!
+//! ```text
+//! curl -c jar -b jar -X POST http://127.0.0.1:3000/api/incr/hits
+//! curl -c jar -b jar -H 'content-type: application/json' -d '{"user":"ada"}' http://127.0.0.1:3000/api/login
+//! curl -c jar -b jar http://127.0.0.1:3000/api/session
+//! ```
+//!
+//! Environment:
+//!
+//! - `REDIS_URL`: a single Redis (`redis://127.0.0.1:6379`), or
+//! - `REDIS_CLUSTER_URLS`: comma-separated node URLs of a Redis Cluster.
+//!   With neither, the demo starts a throwaway `redis-server` on a free
+//!   loopback port (no persistence; stopped when the demo exits) if one is on
+//!   `PATH`, and otherwise keeps sessions in memory. It says which on stderr.
+//! - `BIND`: the address to listen on (default `127.0.0.1:3000`; port 0
+//!   picks a free one). Once bound, the demo prints
+//!   `listening on http://<address>` on stdout.
+//! - `SESSION_SECRET`: at least 32 bytes, the key that seals sessions. When
+//!   unset, a random one (sessions then do not survive a restart).
+//! - `COOKIE_SECURE=1`: mark the cookie `Secure`, for a demo behind TLS.
+//!
+//! Ctrl-C or SIGTERM stops it gracefully.
+
+mod app;
+
+use std::error::Error;
+use std::io::Write as _;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener as StdListener, TcpStream};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use tokio::net::TcpListener;
+use tower_redis_sessions::{
+    Keyring, MIN_SECRET_LEN, MemoryStore, RedisStore, SessionLayer, SessionStore, StoreConfig,
+};
+
+type BoxError = Box<dyn Error + Send + Sync>;
+
+/// How long in-flight requests get to finish after Ctrl-C / SIGTERM.
+const GRACE: Duration = Duration::from_secs(10);
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .init();
+    match run().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("demo: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> Result<(), BoxError> {
+    let config = StoreConfig::new(keyring()?);
+    let secure = cookie_secure()?;
+    let bind = env("BIND").unwrap_or_else(|| "127.0.0.1:3000".to_owned());
+
+    // Kept alive until `run` returns; dropping it stops the redis-server.
+    let mut throwaway = None;
+    let router = if let Some(url) = env("REDIS_URL") {
+        let store = RedisStore::connect(&url, config).await?;
+        banner(&format!("Redis at {}", redact(&url)));
+        with_layer(store, secure)
+    } else if let Some(urls) = env("REDIS_CLUSTER_URLS") {
+        let urls: Vec<String> = urls
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(str::to_owned)
+            .collect();
+        let store = RedisStore::builder(config)
+            .connect_cluster(urls.clone())
+            .await?;
+        let shown: Vec<String> = urls.iter().map(|u| redact(u)).collect();
+        banner(&format!("Redis Cluster at {}", shown.join(", ")));
+        with_layer(store, secure)
+    } else if let Some(server) = Throwaway::start()? {
+        let url = server.url();
+        // Assigned before connecting, so the server is stopped if that fails.
+        let pid = server.child.id();
+        throwaway = Some(server);
+        let store = RedisStore::connect(&url, config).await?;
+        banner(&format!(
+            "a throwaway redis-server at {url} (pid {pid}, no persistence, stopped on exit); \
+             set REDIS_URL or REDIS_CLUSTER_URLS to use your own"
+        ));
+        with_layer(store, secure)
+    } else {
+        banner(
+            "MEMORY (no redis-server on PATH and neither REDIS_URL nor REDIS_CLUSTER_URLS set): \
+             sessions vanish when the demo exits",
+        );
+        with_layer(MemoryStore::new(config), secure)
+    };
+
+    let listener = TcpListener::bind(&bind)
+        .await
+        .map_err(|e| format!("cannot listen on {bind}: {e}"))?;
+    let addr = listener.local_addr()?;
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "listening on http://{addr}")?;
+        out.flush()?;
+    }
+
+    let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+    let signal = async move {
+        shutdown_signal().await;
+        eprintln!("demo: shutting down (in-flight requests get {GRACE:?})");
+        let _ = stopping_tx.send(());
+    };
+    let server = axum::serve(listener, router).with_graceful_shutdown(signal);
+    tokio::select! {
+        result = server => result?,
+        _ = async {
+            // Only a signal starts the grace period; if the server ends first
+            // this branch is not polled again.
+            if stopping_rx.await.is_ok() {
+                tokio::time::sleep(GRACE).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        } => eprintln!("demo: connections still open after {GRACE:?}; exiting anyway"),
+    }
+    drop(throwaway);
+    Ok(())
+}
+
+fn with_layer<S: SessionStore>(store: S, secure: bool) -> Router {
+    // The demo serves plain http://, and clients other than browsers on
+    // localhost (curl, Python requests, reqwest) do not send a `Secure`
+    // cookie back over plain HTTP: with the default `Secure` cookie every
+    // request would start a new session. So it is off here, and
+    // COOKIE_SECURE=1 turns it back on behind TLS. Everything else keeps the
+    // layer's defaults.
+    app::app(SessionLayer::new(store).secure(secure))
+}
+
+/// A non-empty environment variable.
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+fn banner(store: &str) {
+    eprintln!("demo: ==================================================");
+    eprintln!("demo: session store: {store}");
+    eprintln!("demo: ==================================================");
+}
+
+fn keyring() -> Result<Keyring, BoxError> {
+    match std::env::var("SESSION_SECRET") {
+        Ok(secret) => {
+            if secret.len() < MIN_SECRET_LEN {
+                return Err(format!(
+                    "SESSION_SECRET is {} bytes; it must be at least {MIN_SECRET_LEN} \
+                     (for instance: SESSION_SECRET=$(openssl rand -base64 48))",
+                    secret.len()
+                )
+                .into());
+            }
+            Ok(Keyring::new(secret)?)
+        }
+        Err(std::env::VarError::NotUnicode(_)) => {
+            Err("SESSION_SECRET is not valid UTF-8".to_owned().into())
+        }
+        Err(std::env::VarError::NotPresent) => {
+            eprintln!(
+                "demo: WARNING: SESSION_SECRET is not set; using a random one, so sessions \
+                 do not survive a restart of the demo"
+            );
+            Ok(Keyring::generate()?)
+        }
+    }
+}
+
+fn cookie_secure() -> Result<bool, BoxError> {
+    match env("COOKIE_SECURE").as_deref().map(str::trim) {
+        None | Some("0" | "false" | "no") => Ok(false),
+        Some("1" | "true" | "yes") => Ok(true),
+        Some(other) => Err(format!("COOKIE_SECURE must be 1 or 0, not {other:?}").into()),
+    }
+}
+
+/// `redis://user:password@host` -> `redis://***@host`.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            // No SIGINT handler: rely on SIGTERM alone.
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}
+
+/// A `redis-server` started for this run only, killed on drop.
+struct Throwaway {
+    child: Child,
+    port: u16,
+}
+
+impl Throwaway {
+    /// Starts one if `redis-server` is on `PATH`; `None` if it is not.
+    fn start() -> Result<Option<Throwaway>, BoxError> {
+        if !on_path("redis-server") {
+            return Ok(None);
+        }
+        let mut last_error = String::new();
+        // A free port can be taken between our probe and redis' bind: retry.
+        for _ in 0..5 {
+            let port = StdListener::bind((Ipv4Addr::LOCALHOST, 0))?
+                .local_addr()?
+                .port();
+            let child = Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no"])
+                .arg("--dir")
+                .arg(std::env::temp_dir())
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()?;
+            let mut server = Throwaway { child, port };
+            match server.wait_ready(Duration::from_secs(5)) {
+                Ok(()) => return Ok(Some(server)),
+                Err(e) => last_error = e,
+            }
+            // Dropping `server` kills it.
+        }
+        Err(format!("could not start a throwaway redis-server: {last_error}").into())
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn wait_ready(&mut self, timeout: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(format!("redis-server exited at start ({status})"));
+            }
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "redis-server did not accept connections within {timeout:?}"
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Throwaway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        eprintln!("demo: stopped the throwaway redis-server");
+    }
+}
+
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
+}
