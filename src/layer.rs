@@ -92,6 +92,7 @@ impl<S: SessionStore> SessionLayer<S> {
                     base: Duration::from_millis(2),
                     cap: Duration::from_millis(128),
                 },
+                locks: Default::default(),
             },
         }
     }

@@ -3,6 +3,7 @@
 mod state;
 #[cfg(test)]
 mod tests;
+mod turns;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -322,7 +323,7 @@ impl Session {
     /// with concurrent writers as usual). Nothing happens if nothing changed.
     pub async fn save(&self) -> Result<(), SessionError> {
         let mut state = self.state().await;
-        state.commit(self.store(), &self.inner.policy.retry).await
+        state.commit(self.store(), &self.inner.policy).await
     }
 
     async fn owner(&self) -> Result<(String, Option<SessionId>), SessionError> {
@@ -344,7 +345,7 @@ impl Session {
     pub(crate) async fn finish(&self, save: bool) -> Result<Option<TokenUpdate>, SessionError> {
         let mut state = self.inner.state.lock().await;
         if save {
-            state.commit(self.store(), &self.inner.policy.retry).await?;
+            state.commit(self.store(), &self.inner.policy).await?;
         }
         Ok(state.token_update(self.store().now()))
     }

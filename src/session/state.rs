@@ -18,6 +18,8 @@ pub(crate) struct Policy {
     pub(crate) idle_timeout: Option<Duration>,
     pub(crate) lifetime: Option<Duration>,
     pub(crate) retry: RetryPolicy,
+    /// Saves of one session by requests of this process take turns.
+    pub(crate) locks: Arc<super::turns::SaveLocks>,
 }
 
 /// How a save that met a concurrent writer retries.
@@ -264,8 +266,17 @@ impl State {
     pub(crate) async fn commit(
         &mut self,
         store: &dyn SessionStore,
-        retry: &RetryPolicy,
+        policy: &Policy,
     ) -> Result<(), SessionError> {
+        let retry = &policy.retry;
+        let _turn = match self
+            .current
+            .as_ref()
+            .filter(|c| c.dirty && c.record.version > 0)
+        {
+            Some(c) => Some(policy.locks.turn(c.record.id).await),
+            None => None,
+        };
         let mut attempt = 0;
         while let Some(current) = self.current.as_mut().filter(|c| c.dirty) {
             attempt += 1;

@@ -19,6 +19,7 @@ fn policy() -> Arc<Policy> {
             base: Duration::from_millis(1),
             cap: Duration::from_millis(4),
         },
+        locks: Default::default(),
     })
 }
 
