@@ -54,10 +54,12 @@ Invariants
 local NO_DEADLINE = 9007199254740991 -- 2^53 - 1: "never", exact in a double
 local PRUNE_BATCH = 64
 
--- min(last_seen + idle, absolute), where a zero term is absent.
+-- min(last_seen + idle, absolute), where a zero term is absent; never
+-- beyond NO_DEADLINE (an idle timeout of "forever" is no deadline), so that
+-- every deadline formats with '%d' (a larger double overflows it).
 local function deadline(seen, idle, absolute)
   local d = NO_DEADLINE
-  if idle > 0 then d = seen + idle end
+  if idle > 0 then d = math.min(seen + idle, NO_DEADLINE) end
   if absolute > 0 and absolute < d then d = absolute end
   return d
 end
@@ -147,6 +149,9 @@ local function save(keys, args)
   local blob, now = args[2], tonumber(args[3])
   local idle, absolute, kind = tonumber(args[4]), tonumber(args[5]), args[6]
   local nonce = args[7]
+  -- Times past NO_DEADLINE mean "never"; clamped, they are stored as exact
+  -- integers ('%d' of a larger double overflows into garbage).
+  idle, absolute = math.min(idle, NO_DEADLINE), math.min(absolute, NO_DEADLINE)
 
   local r = read(key)
   if r and expired(now, r.s, r.i, r.a) then
