@@ -26,9 +26,11 @@
 #![allow(dead_code, unused_imports)]
 
 mod cluster;
+pub mod monitor;
 mod resp;
 mod server;
 mod stats;
+pub mod stores;
 
 use std::sync::OnceLock;
 
