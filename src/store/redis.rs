@@ -279,7 +279,11 @@ impl RedisBackend {
         match error {
             CallError::PoolTimeout => StoreError::PoolTimeout(timeouts.wait),
             CallError::Timeout => StoreError::Timeout(timeouts.command),
-            CallError::Connect(reason) => StoreError::Unavailable(reason),
+            // Says what failed, not just that something did: "session store
+            // unavailable: Redis unreachable: Connection refused (os error 111)".
+            CallError::Connect(reason) => {
+                StoreError::Unavailable(format!("Redis unreachable: {reason}"))
+            }
             CallError::Redis(e) if is_unavailable(&e) => StoreError::Unavailable(e.to_string()),
             CallError::Redis(e) => StoreError::Redis(e),
         }
