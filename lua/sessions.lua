@@ -82,11 +82,14 @@ local function refresh_index_expiry(index)
   end
 end
 
--- Drop index entries whose deadline has passed or whose session is gone (I5).
+-- Drop the sessions of an index whose deadline has passed (I3: the score is
+-- the deadline), the entry and the session key, which Redis would drop soon
+-- anyway unless its clock runs late (I5).
 local function prune(index, now)
   local dead = redis.call('ZRANGEBYSCORE', index, '-inf', string.format('%d', now), 'LIMIT', 0, PRUNE_BATCH)
   for _, member in ipairs(dead) do
     redis.call('ZREM', index, member)
+    redis.call('DEL', member)
   end
 end
 
@@ -104,14 +107,60 @@ local function read(key)
   }
 end
 
+local function drop(key, r)
+  redis.call('DEL', key)
+  if r.x ~= '' then redis.call('ZREM', r.x, key) end
+end
+
+-- Like read, but a session dead by the application's clock though Redis
+-- still holds it is finished off, so that it answers like a session Redis
+-- already dropped.
+local function read_live(key, now)
+  local r = read(key)
+  if r and expired(now, r.s, r.i, r.a) then
+    drop(key, r)
+    return nil
+  end
+  return r
+end
+
+-- The ARGV of save and rotate: blob, now, idle (ms), absolute deadline (ms),
+-- kind, nonce, after the expected version.
+local function write_args(args)
+  -- Times past NO_DEADLINE mean "never"; clamped, they are stored as exact
+  -- integers ('%d' of a larger double overflows into garbage).
+  return {
+    blob = args[2], now = tonumber(args[3]),
+    idle = math.min(tonumber(args[4]), NO_DEADLINE),
+    absolute = math.min(tonumber(args[5]), NO_DEADLINE),
+    kind = args[6], nonce = args[7],
+  }
+end
+
+-- Writes version `version` of a session under `key`, expiring at `d`, and
+-- enters it in `index` (I3).
+local function write(key, index, version, w, d)
+  redis.call('HSET', key,
+    'v', version, 'b', w.blob, 's', string.format('%d', w.now),
+    'i', string.format('%d', w.idle), 'a', string.format('%d', w.absolute),
+    'k', w.kind, 'x', index, 'w', w.nonce)
+  set_expiry(key, d)
+  if index ~= '' then
+    redis.call('ZADD', index, string.format('%d', d), key)
+    prune(index, w.now)
+    refresh_index_expiry(index)
+  end
+end
+
 --[[ load
 KEYS[1] session key
 ARGV    now, touch interval (ms)
 Reply   nil (absent or expired) | {version, blob, last seen}
 Sliding expiry rides on this call: when the session has an idle timeout and
-was last seen at least `touch interval` ago, last seen becomes `now` and the
-key's expiry (and its index score, I3) move forward. A busy session is thus
-written at most once per interval, and never its blob.
+was last seen at least min(touch interval, idle timeout / 2) ago, last seen
+becomes `now` and the key's expiry (and its index score, I3) move forward. A
+busy session is thus written at most once per interval, never its blob, and
+a session in use never reaches its idle deadline.
 ]]
 local function load(keys, args)
   local key = keys[1]
@@ -119,7 +168,7 @@ local function load(keys, args)
   local r = read(key)
   if not r then return nil end
   if expired(now, r.s, r.i, r.a) then return nil end
-  if r.i > 0 and now - r.s >= touch then
+  if r.i > 0 and now - r.s >= math.min(touch, math.floor(r.i / 2)) then
     r.s = now
     local d = deadline(now, r.i, r.a)
     redis.call('HSET', key, 's', string.format('%d', now))
@@ -145,23 +194,11 @@ wrote and replies 'saved' again instead of a conflict with itself.
 ]]
 local function save(keys, args)
   local key, index = keys[1], keys[2] or ''
-  local expected = tonumber(args[1])
-  local blob, now = args[2], tonumber(args[3])
-  local idle, absolute, kind = tonumber(args[4]), tonumber(args[5]), args[6]
-  local nonce = args[7]
-  -- Times past NO_DEADLINE mean "never"; clamped, they are stored as exact
-  -- integers ('%d' of a larger double overflows into garbage).
-  idle, absolute = math.min(idle, NO_DEADLINE), math.min(absolute, NO_DEADLINE)
+  local expected, w = tonumber(args[1]), write_args(args)
+  local now = w.now
 
-  local r = read(key)
-  if r and expired(now, r.s, r.i, r.a) then
-    -- Dead by the application's clock though Redis still holds it: finish it
-    -- off, so that it answers like a session Redis already dropped.
-    redis.call('DEL', key)
-    if r.x ~= '' then redis.call('ZREM', r.x, key) end
-    r = nil
-  end
-  if r and r.v == expected + 1 and r.w == nonce then
+  local r = read_live(key, now)
+  if r and r.v == expected + 1 and r.w == w.nonce then
     return {'saved', r.v}
   end
   if expected == 0 then
@@ -171,32 +208,53 @@ local function save(keys, args)
     if r.v ~= expected then return {'conflict', r.v, r.b, r.s} end
   end
 
-  local d = deadline(now, idle, absolute)
+  local d = deadline(now, w.idle, w.absolute)
   if d <= now then
     -- The record's own deadline has passed: it is over, not to be stored.
-    if r then
-      redis.call('DEL', key)
-      if r.x ~= '' then redis.call('ZREM', r.x, key) end
-    end
+    if r then drop(key, r) end
     return {'gone'}
   end
 
   local version = expected + 1
-  redis.call('HSET', key,
-    'v', version, 'b', blob, 's', string.format('%d', now),
-    'i', string.format('%d', idle), 'a', string.format('%d', absolute),
-    'k', kind, 'x', index, 'w', nonce)
-  set_expiry(key, d)
+  write(key, index, version, w, d)
   if r and r.x ~= '' and r.x ~= index then
     -- The session changed owner: leave the old owner's index.
     redis.call('ZREM', r.x, key)
     refresh_index_expiry(r.x)
   end
-  if index ~= '' then
-    redis.call('ZADD', index, string.format('%d', d), key)
-    prune(index, now)
-    refresh_index_expiry(index)
-  end
+  return {'saved', version}
+end
+
+--[[ rotate (compare-and-move)
+KEYS[1] current session key; KEYS[2] new session key, with the same hash tag;
+KEYS[3] the owner's user index (absent if anonymous)
+ARGV    as save; the expected version is the current session's, the blob is
+        sealed for the new key
+Reply   as save, where 'conflict' and 'gone' describe the current session;
+        or {'taken'} if the new key is already in use
+Moves a session to a new key (its token changes) in one step: the new key is
+written and the current one deleted together, so there is never a moment
+when both tokens work or neither does, and a session revoked meanwhile stays
+revoked (I2).
+]]
+local function rotate(keys, args)
+  local old, key, index = keys[1], keys[2], keys[3] or ''
+  local expected, w = tonumber(args[1]), write_args(args)
+  local now = w.now
+
+  local n = read(key)
+  if n and n.w == w.nonce then return {'saved', n.v} end -- a retry after a lost reply
+  if n then return {'taken'} end
+  local r = read_live(old, now)
+  if not r then return {'gone'} end
+  if r.v ~= expected then return {'conflict', r.v, r.b, r.s} end
+  local d = deadline(now, w.idle, w.absolute)
+  drop(old, r)
+  if d <= now then return {'gone'} end
+
+  local version = expected + 1
+  write(key, index, version, w, d)
+  if r.x ~= '' and r.x ~= index then refresh_index_expiry(r.x) end
   return {'saved', version}
 end
 
@@ -287,6 +345,7 @@ end
 
 redis.register_function('TRS_LIB_load', load)
 redis.register_function('TRS_LIB_save', save)
+redis.register_function('TRS_LIB_rotate', rotate)
 redis.register_function('TRS_LIB_delete', delete)
 redis.register_function('TRS_LIB_list', list)
 redis.register_function('TRS_LIB_revoke', revoke)

@@ -116,8 +116,14 @@ impl Keyring {
     }
 
     /// Also accepts (never signs with) blobs signed by a key derived from
-    /// `secret`: the form to restart with after a rotation, besides
-    /// [`rotate`](Keyring::rotate).
+    /// `secret`.
+    ///
+    /// The routing key stays this keyring's. So to restart after a rotation
+    /// as `Keyring::new(new)?.accept(old)?`, also pin the routing key with
+    /// [`with_routing_secret`](Keyring::with_routing_secret)`(old)` (or
+    /// restart as `Keyring::new(old)?.rotate(new)?`); otherwise users' new
+    /// sessions land in other hash slots than their existing ones, which
+    /// then drop out of listings and revocation.
     pub fn accept(self, secret: impl AsRef<[u8]>) -> Result<Keyring, KeyError> {
         let mut keys: Vec<SigningKey> = self
             .keys

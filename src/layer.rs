@@ -30,9 +30,11 @@
 //!    slow or saturated, or the session too contended) or a 500, logged once.
 //!
 //! Store calls per request: none when the session is not touched, one to
-//! read (sliding expiry included), two to read and write, three to log in
-//! from an existing anonymous session or to cycle the id (load, save the new
-//! session, delete the old one).
+//! read (sliding expiry included), two to read and write, two to cycle the
+//! id (load, then one atomic move to the new token), three to log in from an
+//! existing session (load, create the user's session, delete the old one:
+//! the user's session lives in the user's hash slot, so this cannot be one
+//! call), one to log out.
 
 use std::future::Future;
 use std::pin::Pin;

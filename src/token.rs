@@ -78,6 +78,13 @@ impl Token {
         self.tag
     }
 
+    /// A new token in the same hash slot as this one (same tag, fresh
+    /// secret): what [`SessionStore::rotate`](crate::SessionStore::rotate)
+    /// moves a session to.
+    pub fn renew(&self) -> Result<Token, TokenError> {
+        Token::generate(self.tag).map_err(|_| TokenError::Random)
+    }
+
     /// The id of the session this token opens: SHA-256 of the secret.
     ///
     /// The id names the session in Redis and in listings, and cannot be
@@ -121,6 +128,9 @@ pub enum TokenError {
     /// The text is not `<8 base64url chars>.<43 base64url chars>`.
     #[error("session token is not well formed")]
     Format,
+    /// The operating system's random number generator failed.
+    #[error("could not generate a session token")]
+    Random,
 }
 
 impl std::str::FromStr for Token {

@@ -749,6 +749,16 @@ impl SessionStore for Counting {
         self.inner.save(token, record)
     }
 
+    fn rotate<'a>(
+        &'a self,
+        from: &'a Token,
+        to: &'a Token,
+        record: &'a Record,
+    ) -> StoreFuture<'a, SaveOutcome> {
+        self.writes.fetch_add(1, Ordering::SeqCst);
+        self.inner.rotate(from, to, record)
+    }
+
     fn delete<'a>(&'a self, token: &'a Token) -> StoreFuture<'a, bool> {
         self.writes.fetch_add(1, Ordering::SeqCst);
         self.inner.delete(token)

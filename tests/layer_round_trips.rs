@@ -163,7 +163,7 @@ async fn round_trips_per_request_type() {
     let (r, d) = measure(stats, a.post("/test/cycle")).await;
     assert_eq!(r.status(), 200);
     assert_ne!(a.token().unwrap(), before, "cycle_id issues a new token");
-    costs.check("cycle_id (load, save new, delete old)", d, 3);
+    costs.check("cycle_id (load, then one atomic rotate)", d, 2);
 
     let (r, d) = measure(stats, a.post_json("/api/login", json!({ "user": "ada" }))).await;
     assert_eq!(r.status(), 200);
@@ -460,7 +460,7 @@ async fn round_trips_on_a_cluster() {
     let (_, d) = measure(stats, a.post_json("/api/login", json!({ "user": "ada" }))).await;
     costs.check("POST /api/login from an anonymous session", d, 3);
     let (_, d) = measure(stats, a.post("/test/cycle")).await;
-    costs.check("cycle_id", d, 3);
+    costs.check("cycle_id", d, 2);
     let (_, d) = measure(stats, a.get("/api/sessions")).await;
     costs.check("GET /api/sessions", d, 2);
     let (_, d) = measure(stats, a.post("/api/logout")).await;

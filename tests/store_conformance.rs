@@ -74,6 +74,8 @@ conformance!(
     a_save_past_its_deadline_is_gone,
     listing_pages_through_many_sessions,
     huge_timeouts_mean_never,
+    rotation_moves_a_session_atomically,
+    rotation_conflicts_and_never_revives,
 );
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -1102,4 +1104,100 @@ async fn huge_timeouts_mean_never(d: Deployment) {
     for token in all {
         assert_eq!(load(s, token).await, None);
     }
+}
+
+/// A copy of `r` under `to`, as `rotate` takes it.
+fn moved(r: &Record, to: &Token) -> Record {
+    let mut r = r.clone();
+    r.id = to.id();
+    r
+}
+
+async fn rotation_moves_a_session_atomically(d: Deployment) {
+    let s = open(d, config()).await;
+    let s = s.as_ref();
+    for user in [Some("rosa"), None] {
+        let (old, r) = create(s, user, "web", Some(MINUTE)).await;
+        let new = old.renew().unwrap();
+        assert_ne!(new, old);
+        assert_eq!(
+            s.store()
+                .rotate(&old, &new, &moved(&r, &new))
+                .await
+                .unwrap(),
+            SaveOutcome::Saved { version: 2 }
+        );
+        assert!(!s.exists(&old), "the old key is gone in the same call");
+        assert_eq!(load(s, &old).await, None);
+        let loaded = load(s, &new).await.unwrap();
+        assert_eq!((loaded.version, &loaded.data), (2, &r.data));
+        assert_eq!(loaded.id, new.id());
+        if let Some(user) = user {
+            let listed = s.store().list(user, None).await.unwrap();
+            let ids: Vec<SessionId> = listed.iter().map(|r| r.id).collect();
+            assert_eq!(ids, vec![new.id()], "the index follows the move");
+        }
+        // A token of another slot is refused before anything is sent.
+        let elsewhere = s.store().new_token(Some("someone else")).unwrap();
+        assert!(matches!(
+            s.store()
+                .rotate(&new, &elsewhere, &moved(&loaded, &elsewhere))
+                .await,
+            Err(StoreError::Invalid(_))
+        ));
+        if user.is_some() {
+            // Another session of the user has the same tag: moving onto its
+            // token is refused, and changes nothing.
+            let (taken, _) = create(s, user, "web", Some(MINUTE)).await;
+            assert!(matches!(
+                s.store()
+                    .rotate(&new, &taken, &moved(&loaded, &taken))
+                    .await,
+                Err(StoreError::Invalid(_))
+            ));
+            assert!(s.exists(&new) && s.exists(&taken));
+        }
+    }
+}
+
+async fn rotation_conflicts_and_never_revives(d: Deployment) {
+    let s = open(d, config()).await;
+    let s = s.as_ref();
+    let (old, r) = create(s, Some("sam"), "web", Some(MINUTE)).await;
+    // Another writer saved version 2 meanwhile: the move is refused and the
+    // conflict carries the current session (under the old id).
+    let mut other = r.clone();
+    other.data.insert("n".into(), Value::Integer(42.into()));
+    assert_eq!(
+        s.store().save(&old, &other).await.unwrap(),
+        SaveOutcome::Saved { version: 2 }
+    );
+    let new = old.renew().unwrap();
+    match s
+        .store()
+        .rotate(&old, &new, &moved(&r, &new))
+        .await
+        .unwrap()
+    {
+        SaveOutcome::Conflict(current) => {
+            assert_eq!(current.version, 2);
+            assert_eq!(current.id, old.id());
+            assert_eq!(current.data.get("n"), Some(&Value::Integer(42.into())));
+        }
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    assert!(s.exists(&old) && !s.exists(&new), "nothing moved");
+    // Revoked meanwhile: the move finds it gone and creates nothing.
+    assert_eq!(s.store().revoke_all("sam", None, None).await.unwrap(), 1);
+    let mut latest = moved(&other, &new);
+    latest.version = 2;
+    assert_eq!(
+        s.store().rotate(&old, &new, &latest).await.unwrap(),
+        SaveOutcome::Gone
+    );
+    assert!(
+        !s.exists(&old) && !s.exists(&new),
+        "no revival under a new token"
+    );
+    assert_eq!(s.store().list("sam", None).await.unwrap(), vec![]);
 }

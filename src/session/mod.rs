@@ -250,7 +250,7 @@ impl Session {
     pub async fn login(&self, user: impl Into<String>) -> Result<(), SessionError> {
         let mut state = self.state().await;
         state
-            .rotate(self.store(), &self.inner.policy, Some(user.into()), true)
+            .login(self.store(), &self.inner.policy, user.into())
             .await
     }
 
@@ -260,17 +260,13 @@ impl Session {
         self.state().await.end(self.store()).await
     }
 
-    /// Gives the session a new token (and id), keeping everything else; the
-    /// old token stops working once the new one is saved.
+    /// Gives the session a new token (and id), keeping everything else.
+    ///
+    /// The move is one atomic store call when the response is ready (in the
+    /// same hash slot): the old token stops working exactly as the new one
+    /// starts, and if the session was revoked meanwhile it stays revoked.
     pub async fn cycle_id(&self) -> Result<(), SessionError> {
-        let mut state = self.loaded().await?;
-        if state.current.is_none() {
-            return Ok(());
-        }
-        let user = state.current.as_ref().and_then(|c| c.record.user.clone());
-        state
-            .rotate(self.store(), &self.inner.policy, user, false)
-            .await
+        self.state().await.renew(self.store()).await
     }
 
     /// Sets this session's idle timeout (`None`: no idle expiry), for

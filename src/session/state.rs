@@ -8,7 +8,7 @@ use ciborium::Value;
 
 use crate::error::SessionError;
 use crate::record::{Millis, Record, millis};
-use crate::store::{SaveOutcome, SessionStore};
+use crate::store::{SaveOutcome, SessionStore, StoreError};
 use crate::token::Token;
 
 /// How a new session is made and how saves retry; set on the layer.
@@ -95,6 +95,8 @@ pub(crate) struct Current {
     pub(crate) record: Record,
     /// Changed since it was loaded or last saved.
     pub(crate) dirty: bool,
+    /// The token to move the session to at the next save (`cycle_id`).
+    pub(crate) renew: Option<Token>,
 }
 
 /// What the response has to tell the client about its token.
@@ -160,6 +162,7 @@ impl State {
                         token,
                         record,
                         dirty: false,
+                        renew: None,
                     });
                 }
                 Ok(())
@@ -188,6 +191,7 @@ impl State {
                     token,
                     record,
                     dirty: true,
+                    renew: None,
                 }
             }
         };
@@ -209,27 +213,20 @@ impl State {
         Ok(())
     }
 
-    /// Replaces the session by a copy under a new token (for `user`): the
-    /// old one is deleted after the copy is saved.
-    pub(crate) async fn rotate(
+    /// Replaces the session by a new one for `user` under the user's token,
+    /// keeping its values: the old one is deleted after the new one is saved
+    /// (it may live in another hash slot, so this cannot be one call).
+    pub(crate) async fn login(
         &mut self,
         store: &dyn SessionStore,
         policy: &Policy,
-        user: Option<String>,
-        fresh: bool,
+        user: String,
     ) -> Result<(), SessionError> {
         self.load(store).await?;
-        let token = store.new_token(user.as_deref())?;
-        let mut record = new_record(store, policy, &token, user);
+        let token = store.new_token(Some(&user))?;
+        let mut record = new_record(store, policy, &token, Some(user));
         if let Some(old) = self.current.take() {
             record.data = old.record.data;
-            if !fresh {
-                // Same session, new id: keep its age and deadlines.
-                record.kind = old.record.kind;
-                record.created_at = old.record.created_at;
-                record.idle_timeout = old.record.idle_timeout;
-                record.absolute_deadline = old.record.absolute_deadline;
-            }
             if old.record.version > 0 && self.retire.is_none() {
                 self.retire = Some(old.token);
             }
@@ -238,6 +235,7 @@ impl State {
             token,
             record,
             dirty: true,
+            renew: None,
         });
         // A new session cannot meet a concurrent writer: nothing to merge.
         self.changes.clear();
@@ -280,9 +278,22 @@ impl State {
         let mut attempt = 0;
         while let Some(current) = self.current.as_mut().filter(|c| c.dirty) {
             attempt += 1;
-            match store.save(&current.token, &current.record).await? {
+            let outcome = match &current.renew {
+                Some(next) => {
+                    let mut moved = current.record.clone();
+                    moved.id = next.id();
+                    store.rotate(&current.token, next, &moved).await?
+                }
+                None => store.save(&current.token, &current.record).await?,
+            };
+            match outcome {
                 SaveOutcome::Saved { version } => {
                     if current.record.version == 0 {
+                        self.issued = true;
+                    }
+                    if let Some(next) = current.renew.take() {
+                        current.record.id = next.id();
+                        current.token = next;
                         self.issued = true;
                     }
                     current.record.version = version;
@@ -309,11 +320,7 @@ impl State {
                         match store.load(&current.token).await? {
                             Some(fresh) => newer = fresh,
                             None => {
-                                // Deleted or expired meanwhile: stays gone.
-                                self.current = None;
-                                self.changes.clear();
-                                self.issued = false;
-                                self.ended = true;
+                                self.gone();
                                 continue;
                             }
                         }
@@ -323,17 +330,41 @@ impl State {
                     }
                     current.record = newer;
                 }
-                SaveOutcome::Gone => {
-                    // Deleted or revoked meanwhile: it stays that way.
-                    self.current = None;
-                    self.changes.clear();
-                    self.issued = false;
-                    self.ended = true;
-                }
+                SaveOutcome::Gone => self.gone(),
             }
         }
         if let Some(old) = self.retire.take() {
             store.delete(&old).await?;
+        }
+        Ok(())
+    }
+
+    /// The session was deleted, revoked or expired meanwhile: it stays
+    /// that way, and the client is told to drop its token.
+    fn gone(&mut self) {
+        self.current = None;
+        self.changes.clear();
+        self.issued = false;
+        self.ended = true;
+    }
+
+    /// Moves the session to a new token of the same hash slot at the next
+    /// save (one atomic call); a session never saved just takes the token.
+    pub(crate) async fn renew(&mut self, store: &dyn SessionStore) -> Result<(), SessionError> {
+        self.load(store).await?;
+        let Some(current) = self.current.as_mut() else {
+            return Ok(());
+        };
+        let next = current
+            .token
+            .renew()
+            .map_err(|e| StoreError::Random(e.to_string()))?;
+        if current.record.version == 0 {
+            current.record.id = next.id();
+            current.token = next;
+        } else {
+            current.renew = Some(next);
+            current.dirty = true;
         }
         Ok(())
     }

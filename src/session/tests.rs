@@ -153,3 +153,33 @@ async fn a_failed_response_saves_nothing() {
     let check = session(&store, Some(token));
     assert_eq!(check.get::<u32>("n").await.unwrap(), Some(0));
 }
+
+#[tokio::test]
+async fn cycle_id_merges_a_concurrent_write_and_never_revives() {
+    let store = Arc::new(MemoryStore::default());
+    let old = existing(&store).await;
+    // A concurrent request saves n = 5 after this one loaded.
+    let cycling = session(&store, Some(old.clone()));
+    cycling.cycle_id().await.unwrap();
+    let other = session(&store, Some(old.clone()));
+    other.insert("n", 5u32).await.unwrap();
+    other.finish(true).await.unwrap();
+    let new = match cycling.finish(true).await.unwrap() {
+        Some(TokenUpdate::Set(token, _)) => token,
+        other => panic!("expected a new token, got {other:?}"),
+    };
+    assert!(store.load(&old).await.unwrap().is_none());
+    let check = session(&store, Some(new));
+    assert_eq!(check.get::<u32>("n").await.unwrap(), Some(5));
+
+    // Revoked between the load and the save: no session under a new token.
+    let token = existing(&store).await;
+    let cycling = session(&store, Some(token.clone()));
+    cycling.cycle_id().await.unwrap();
+    session(&store, Some(token.clone())).logout().await.unwrap();
+    assert!(matches!(
+        cycling.finish(true).await.unwrap(),
+        Some(TokenUpdate::Clear)
+    ));
+    assert_eq!(store.stats().revivals_blocked, 1);
+}

@@ -21,6 +21,33 @@ pub(crate) enum RawSave {
     Saved(u64),
     Conflict(Raw),
     Gone,
+    /// A rotation's new key already exists.
+    Taken,
+}
+
+/// A record sealed for its key, ready to be written.
+struct Sealed {
+    key: String,
+    index: Option<String>,
+    blob: Vec<u8>,
+    nonce: String,
+    now: Millis,
+}
+
+impl Sealed {
+    fn write<'a>(&'a self, record: &'a Record) -> Write<'a> {
+        Write {
+            key: &self.key,
+            index: self.index.as_deref(),
+            expected: record.version,
+            blob: &self.blob,
+            now: self.now,
+            idle: record.idle_timeout.map(millis).unwrap_or(0),
+            absolute: record.absolute_deadline.unwrap_or(0),
+            kind: &record.kind,
+            nonce: &self.nonce,
+        }
+    }
 }
 
 /// The arguments of one compare-and-set save.
@@ -50,6 +77,14 @@ pub(crate) trait Backend: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Option<Raw>, StoreError>> + Send;
 
     fn save(&self, write: Write<'_>) -> impl Future<Output = Result<RawSave, StoreError>> + Send;
+
+    /// Compare-and-move: writes `write` under its key if `old` still has
+    /// the expected version, and deletes `old`, atomically.
+    fn rotate(
+        &self,
+        old: &str,
+        write: Write<'_>,
+    ) -> impl Future<Output = Result<RawSave, StoreError>> + Send;
 
     /// Deletes `key`; with `owner`, only if that index owns it.
     fn delete(
@@ -185,6 +220,30 @@ impl<B: Backend> Core<B> {
         token: &Token,
         record: &Record,
     ) -> Result<SaveOutcome, StoreError> {
+        let sealed = self.seal(token, record)?;
+        let raw = self.backend.save(sealed.write(record)).await?;
+        self.outcome(raw, token, sealed.now)
+    }
+
+    pub(crate) async fn rotate(
+        &self,
+        from: &Token,
+        to: &Token,
+        record: &Record,
+    ) -> Result<SaveOutcome, StoreError> {
+        if from.tag() != to.tag() {
+            return Err(StoreError::Invalid(
+                "a session rotates only to a token of the same tag",
+            ));
+        }
+        let sealed = self.seal(to, record)?;
+        let old = self.session_key(from);
+        let raw = self.backend.rotate(&old, sealed.write(record)).await?;
+        self.outcome(raw, from, sealed.now)
+    }
+
+    /// Checks `record` against `token` and seals it for the token's key.
+    fn seal(&self, token: &Token, record: &Record) -> Result<Sealed, StoreError> {
         if record.id != token.id() {
             return Err(StoreError::Invalid("the record's id is not the token's"));
         }
@@ -211,27 +270,28 @@ impl<B: Backend> Core<B> {
                 max: self.codec.max_sealed(),
             });
         }
-        let now = self.now();
         let nonce = format!(
             "{:016x}{:x}",
             self.nonce_base,
             self.nonce_next.fetch_add(1, Ordering::Relaxed)
         );
-        let write = Write {
-            key: &key,
-            index: index.as_deref(),
-            expected: record.version,
-            blob: &blob,
-            now,
-            idle: record.idle_timeout.map(millis).unwrap_or(0),
-            absolute: record.absolute_deadline.unwrap_or(0),
-            kind: &record.kind,
-            nonce: &nonce,
-        };
-        Ok(match self.backend.save(write).await? {
+        Ok(Sealed {
+            key,
+            index,
+            blob,
+            nonce,
+            now: self.now(),
+        })
+    }
+
+    /// What a save or rotation did; a conflict's record is opened as the
+    /// record of `token`, the session written to.
+    fn outcome(&self, raw: RawSave, token: &Token, now: Millis) -> Result<SaveOutcome, StoreError> {
+        Ok(match raw {
             RawSave::Saved(version) => SaveOutcome::Saved { version },
             RawSave::Conflict(raw) => {
                 self.counters.conflicts.fetch_add(1, Ordering::Relaxed);
+                let key = self.session_key(token);
                 match self.open(&key, token.id(), &raw, now) {
                     Some(current) => SaveOutcome::Conflict(current),
                     // What is stored does not verify: as good as no session.
@@ -243,6 +303,9 @@ impl<B: Backend> Core<B> {
                     .revivals_blocked
                     .fetch_add(1, Ordering::Relaxed);
                 SaveOutcome::Gone
+            }
+            RawSave::Taken => {
+                return Err(StoreError::Invalid("the new token is already in use"));
             }
         })
     }
@@ -316,6 +379,14 @@ macro_rules! delegate_store {
                 record: &'a $crate::Record,
             ) -> $crate::store::StoreFuture<'a, $crate::SaveOutcome> {
                 Box::pin(self.core.save(token, record))
+            }
+            fn rotate<'a>(
+                &'a self,
+                from: &'a $crate::Token,
+                to: &'a $crate::Token,
+                record: &'a $crate::Record,
+            ) -> $crate::store::StoreFuture<'a, $crate::SaveOutcome> {
+                Box::pin(self.core.rotate(from, to, record))
             }
             fn delete<'a>(
                 &'a self,

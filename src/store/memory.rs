@@ -173,6 +173,37 @@ impl State {
         }
     }
 
+    /// Writes the next version of `w.key` (as the library's `write`) and
+    /// returns it.
+    fn write(&mut self, w: &Write<'_>) -> u64 {
+        let version = w.expected + 1;
+        let index = w.index.unwrap_or("").to_owned();
+        self.sessions.insert(
+            w.key.to_owned(),
+            Entry {
+                version,
+                blob: w.blob.to_vec(),
+                last_seen: w.now,
+                idle: w.idle,
+                absolute: w.absolute,
+                kind: w.kind.to_owned(),
+                index: index.clone(),
+                nonce: w.nonce.to_owned(),
+            },
+        );
+        if !index.is_empty() {
+            self.indexes
+                .entry(index)
+                .or_default()
+                .insert(w.key.to_owned());
+        }
+        self.saves += 1;
+        if self.saves.is_multiple_of(1024) {
+            self.sweep(w.now);
+        }
+        version
+    }
+
     fn sweep(&mut self, now: Millis) {
         let dead: Vec<String> = self
             .sessions
@@ -223,7 +254,7 @@ impl Backend for MemoryBackend {
         let Some(entry) = state.live(key, now) else {
             return Ok(None);
         };
-        if entry.idle > 0 && now.saturating_sub(entry.last_seen) >= touch {
+        if entry.idle > 0 && now.saturating_sub(entry.last_seen) >= touch.min(entry.idle / 2) {
             entry.last_seen = now;
         }
         Ok(Some(entry.raw()))
@@ -253,39 +284,36 @@ impl Backend for MemoryBackend {
             state.remove(w.key);
             return Ok(RawSave::Gone);
         }
-        let index = w.index.unwrap_or("").to_owned();
         if let Some(old) = state.sessions.get(w.key).map(|e| e.index.clone())
             && !old.is_empty()
-            && old != index
+            && Some(old.as_str()) != w.index
         {
             state.unindex(&old, w.key);
         }
-        let version = w.expected + 1;
-        state.sessions.insert(
-            w.key.to_owned(),
-            Entry {
-                version,
-                blob: w.blob.to_vec(),
-                last_seen: w.now,
-                idle: w.idle,
-                absolute: w.absolute,
-                kind: w.kind.to_owned(),
-                index: index.clone(),
-                nonce: w.nonce.to_owned(),
-            },
-        );
-        if !index.is_empty() {
-            state
-                .indexes
-                .entry(index)
-                .or_default()
-                .insert(w.key.to_owned());
+        Ok(RawSave::Saved(state.write(&w)))
+    }
+
+    async fn rotate(&self, old: &str, w: Write<'_>) -> Result<RawSave, StoreError> {
+        let mut state = self.state();
+        if let Some(new) = state.sessions.get(w.key) {
+            // Our own write, retried after a lost reply; else a token in use.
+            return Ok(if new.nonce == w.nonce {
+                RawSave::Saved(new.version)
+            } else {
+                RawSave::Taken
+            });
         }
-        state.saves += 1;
-        if state.saves.is_multiple_of(1024) {
-            state.sweep(w.now);
+        let Some(current) = state.live(old, w.now).map(|e| (e.version, e.raw())) else {
+            return Ok(RawSave::Gone);
+        };
+        if current.0 != w.expected {
+            return Ok(RawSave::Conflict(current.1));
         }
-        Ok(RawSave::Saved(version))
+        state.remove(old);
+        if deadline(w.now, w.idle, w.absolute) <= w.now {
+            return Ok(RawSave::Gone);
+        }
+        Ok(RawSave::Saved(state.write(&w)))
     }
 
     async fn delete(&self, key: &str, owner: Option<&str>) -> Result<bool, StoreError> {

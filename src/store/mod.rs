@@ -69,6 +69,19 @@ pub trait SessionStore: Send + Sync + 'static {
     /// `record.version` (see the [module docs](self)).
     fn save<'a>(&'a self, token: &'a Token, record: &'a Record) -> StoreFuture<'a, SaveOutcome>;
 
+    /// Moves the session `from` opens to the new token `to` (from
+    /// [`Token::renew`]), saving `record` there, in one atomic step: the
+    /// compare-and-set of [`save`](SessionStore::save) on `from`'s version
+    /// (`record.version`), then `from` stops working as `to` starts. A
+    /// conflict returns `from`'s current record; `Gone` means `from` no
+    /// longer exists. `record.id` must be `to.id()`.
+    fn rotate<'a>(
+        &'a self,
+        from: &'a Token,
+        to: &'a Token,
+        record: &'a Record,
+    ) -> StoreFuture<'a, SaveOutcome>;
+
     /// Deletes the session `token` opens. `true` if there was one.
     fn delete<'a>(&'a self, token: &'a Token) -> StoreFuture<'a, bool>;
 
@@ -202,8 +215,10 @@ impl StoreConfig {
     }
 
     /// How long after the last extension a load may extend the idle deadline
-    /// again. Larger values write less; the idle deadline is then late by up
-    /// to this much. Zero extends on every load.
+    /// again: larger values write less, and the idle deadline trails the last
+    /// use by up to this much. Whatever it is set to, a session is extended
+    /// at least every half idle timeout, so one in use never expires. Zero
+    /// extends on every load.
     pub fn touch_interval(mut self, interval: Duration) -> Self {
         self.touch_interval = interval;
         self

@@ -274,6 +274,20 @@ impl RedisBackend {
         }
     }
 
+    /// Sends a save or rotation with the arguments they share.
+    async fn write(&self, mut cmd: Cmd, w: &Write<'_>) -> Result<RawSave, StoreError> {
+        cmd.arg(w.expected)
+            .arg(w.blob)
+            .arg(w.now)
+            .arg(w.idle)
+            .arg(w.absolute)
+            .arg(w.kind)
+            .arg(w.nonce);
+        let reply: Value = self.fcall(cmd).await?;
+        parse_save(reply)
+            .ok_or_else(|| unexpected("unexpected reply from the session save function"))
+    }
+
     fn store_error(&self, error: CallError) -> StoreError {
         let timeouts = self.conns.timeouts();
         match error {
@@ -318,7 +332,8 @@ fn fcall(name: &str, keys: &[&str]) -> Cmd {
     cmd
 }
 
-/// `{'saved', v}`, `{'conflict', v, blob, last seen}` or `{'gone'}`.
+/// `{'saved', v}`, `{'conflict', v, blob, last seen}`, `{'gone'}` or
+/// `{'taken'}`.
 fn parse_save(reply: Value) -> Option<RawSave> {
     let Value::Array(items) = reply else {
         return None;
@@ -334,6 +349,7 @@ fn parse_save(reply: Value) -> Option<RawSave> {
             last_seen: u64::from_redis_value(next()?).ok()?,
         })),
         "gone" => Some(RawSave::Gone),
+        "taken" => Some(RawSave::Taken),
         _ => None,
     }
 }
@@ -355,20 +371,19 @@ impl Backend for RedisBackend {
     }
 
     async fn save(&self, w: Write<'_>) -> Result<RawSave, StoreError> {
-        let mut cmd = match w.index {
+        let cmd = match w.index {
             Some(index) => fcall(&self.library.save, &[w.key, index]),
             None => fcall(&self.library.save, &[w.key]),
         };
-        cmd.arg(w.expected)
-            .arg(w.blob)
-            .arg(w.now)
-            .arg(w.idle)
-            .arg(w.absolute)
-            .arg(w.kind)
-            .arg(w.nonce);
-        let reply: Value = self.fcall(cmd).await?;
-        parse_save(reply)
-            .ok_or_else(|| unexpected("unexpected reply from the session save function"))
+        self.write(cmd, &w).await
+    }
+
+    async fn rotate(&self, old: &str, w: Write<'_>) -> Result<RawSave, StoreError> {
+        let cmd = match w.index {
+            Some(index) => fcall(&self.library.rotate, &[old, w.key, index]),
+            None => fcall(&self.library.rotate, &[old, w.key]),
+        };
+        self.write(cmd, &w).await
     }
 
     async fn delete(&self, key: &str, owner: Option<&str>) -> Result<bool, StoreError> {
