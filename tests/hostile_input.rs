@@ -16,8 +16,6 @@
 //! Needs `--features fuzzing` (the test script runs with `--all-features`).
 #![cfg(feature = "fuzzing")]
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -37,73 +35,21 @@ use tower_redis_sessions::{
 };
 
 // ---------------------------------------------------------------------------
-// Allocation accounting: the bytes live on this thread, and their peak. A
-// decoder that trusts a length prefix shows up here as a huge peak, long
-// before it would exhaust the machine.
-
-struct Tracking;
-
-thread_local! {
-    // `const` thread-locals without destructors: usable from inside the
-    // allocator without allocating themselves.
-    static LIVE: Cell<isize> = const { Cell::new(0) };
-    static PEAK: Cell<isize> = const { Cell::new(0) };
-}
-
-fn account(delta: isize) {
-    let _ = LIVE.try_with(|live| {
-        let now = live.get() + delta;
-        live.set(now);
-        let _ = PEAK.try_with(|peak| peak.set(peak.get().max(now)));
-    });
-}
-
-// SAFETY: every call is forwarded unchanged to the system allocator; the
-// wrapper only counts sizes in thread-locals that never allocate.
-unsafe impl GlobalAlloc for Tracking {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let ptr = unsafe { System.alloc(layout) };
-        if !ptr.is_null() {
-            account(layout.size() as isize);
-        }
-        ptr
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        let ptr = unsafe { System.alloc_zeroed(layout) };
-        if !ptr.is_null() {
-            account(layout.size() as isize);
-        }
-        ptr
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) };
-        account(-(layout.size() as isize));
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let new = unsafe { System.realloc(ptr, layout, new_size) };
-        if !new.is_null() {
-            // A moving realloc briefly holds both blocks.
-            account(new_size as isize);
-            account(-(layout.size() as isize));
-        }
-        new
-    }
-}
-
-#[global_allocator]
-static ALLOCATOR: Tracking = Tracking;
+// Allocation accounting: the peak of the bytes live on this thread
+// (allocation-counter's allocator, which counts per thread). A decoder that
+// trusts a length prefix shows up here as a huge peak, long before it would
+// exhaust the machine.
 
 /// Runs `f` and returns its result and the peak of the bytes it allocated on
-/// this thread above what was live when it started.
+/// this thread.
 fn peak_alloc<T>(f: impl FnOnce() -> T) -> (T, usize) {
-    let start = LIVE.with(Cell::get);
-    PEAK.with(|p| p.set(start));
-    let out = f();
-    let peak = PEAK.with(Cell::get) - start;
-    (out, usize::try_from(peak).unwrap_or(0))
+    let mut out = None;
+    let info = allocation_counter::measure(|| out = Some(f()));
+    let peak = usize::try_from(info.bytes_max).unwrap_or(usize::MAX);
+    match out {
+        Some(out) => (out, peak),
+        None => unreachable!("measure runs the closure"),
+    }
 }
 
 /// What decoding `len` bytes of CBOR may allocate at most: every CBOR item
