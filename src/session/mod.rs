@@ -234,6 +234,14 @@ impl Session {
         Ok(state.current.as_ref().and_then(|c| c.record.user.clone()))
     }
 
+    /// The session's kind (`"web"`, `"api"`, ...); `None` if there is no
+    /// session yet. New sessions get the layer's
+    /// [`kind`](crate::SessionLayer::kind).
+    pub async fn kind(&self) -> Result<Option<String>, SessionError> {
+        let state = self.loaded().await?;
+        Ok(state.current.as_ref().map(|c| c.record.kind.clone()))
+    }
+
     /// A copy of the whole record (user, kind, times, deadlines, values);
     /// `None` if there is no session.
     pub async fn record(&self) -> Result<Option<Record>, SessionError> {

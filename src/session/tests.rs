@@ -110,6 +110,8 @@ async fn login_rotates_and_retires_the_old_session() {
     assert!(store.load(&old).await.unwrap().is_none());
     let record = store.load(&new).await.unwrap().unwrap();
     assert_eq!(record.user.as_deref(), Some("alice"));
+    assert_eq!(s.kind().await.unwrap().as_deref(), Some("web"));
+    assert_eq!(s.user().await.unwrap().as_deref(), Some("alice"));
     assert!(record.data.contains_key("n"), "values survive login");
     assert_eq!(store.list("alice", None).await.unwrap().len(), 1);
 }
