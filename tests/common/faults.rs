@@ -1,0 +1,315 @@
+//! Support for the fault tests (`tests/fault_*.rs`): stores with short
+//! timeouts, the latency bound they promise, timed HTTP requests and a log
+//! of what clients saw.
+//!
+//! Not registered in `common/mod.rs`; the fault tests include it after
+//! `common` and `http`:
+//!
+//! ```ignore
+//! mod common;
+//! #[path = "common/http.rs"]
+//! mod http;
+//! #[path = "common/faults.rs"]
+//! mod faults;
+//! ```
+#![allow(dead_code, unused_imports)]
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use tower_redis_sessions::{RedisStore, RedisStoreBuilder, SessionLayer, StoreConfig};
+
+use crate::common::RedisServer;
+use crate::http::demo_app;
+
+/// Short store timeouts, so that faults show within a fraction of a second.
+#[derive(Clone, Copy, Debug)]
+pub struct Timeouts {
+    pub wait: Duration,
+    pub connect: Duration,
+    pub command: Duration,
+}
+
+/// What the fault tests use unless they need something else.
+pub const FAST: Timeouts = Timeouts {
+    wait: Duration::from_millis(250),
+    connect: Duration::from_millis(250),
+    command: Duration::from_millis(250),
+};
+
+/// Added to every latency bound: the tests run on 2 busy cores (other test
+/// binaries, Redis, the client and the server share them), so a request may
+/// be scheduled late. Still far below anything that could pass for a hang
+/// (the HTTP client gives up after 30 s).
+pub const SLACK: Duration = Duration::from_millis(1500);
+
+impl Timeouts {
+    /// The documented bound on a failing store operation (see the
+    /// `RedisStore` docs): `wait + 2 x (connect + command)`.
+    pub fn operation_bound(&self) -> Duration {
+        self.wait + 2 * (self.connect + self.command)
+    }
+
+    /// A builder with these timeouts.
+    pub fn builder(&self, config: StoreConfig) -> RedisStoreBuilder {
+        RedisStore::builder(config)
+            .wait_timeout(self.wait)
+            .connect_timeout(self.connect)
+            .command_timeout(self.command)
+    }
+}
+
+/// The demo's routes behind a layer on `store` (plain HTTP, so no `Secure`).
+pub fn demo_on(store: &Arc<RedisStore>) -> Router {
+    demo_app::routes().layer(SessionLayer::shared(store.clone()).secure(false))
+}
+
+/// Whether `server` has the function library `name`.
+pub fn has_library(server: &RedisServer, name: &str) -> bool {
+    let reply = server.cmd_bytes(&[b"FUNCTION", b"LIST", b"LIBRARYNAME", name.as_bytes()]);
+    !reply
+        .as_array()
+        .expect("FUNCTION LIST is an array")
+        .is_empty()
+}
+
+/// One request as a client saw it.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    /// Which loop sent it.
+    pub client: String,
+    /// When it was sent and when its answer arrived, from the log's origin.
+    pub sent: Duration,
+    pub done: Duration,
+    pub status: u16,
+}
+
+impl Seen {
+    pub fn latency(&self) -> Duration {
+        self.done - self.sent
+    }
+}
+
+/// What clients saw, with times relative to one origin, plus marks for the
+/// faults injected meanwhile.
+#[derive(Clone)]
+pub struct Log {
+    origin: Instant,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    marks: Arc<Mutex<BTreeMap<&'static str, Duration>>>,
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Log::new()
+    }
+}
+
+impl Log {
+    pub fn new() -> Log {
+        Log {
+            origin: Instant::now(),
+            seen: Arc::default(),
+            marks: Arc::default(),
+        }
+    }
+
+    /// Time since the origin.
+    pub fn now(&self) -> Duration {
+        self.origin.elapsed()
+    }
+
+    /// Sends the request `send` makes and records its status and timing.
+    pub async fn request<F>(&self, client: &str, send: F) -> (u16, reqwest::Response)
+    where
+        F: Future<Output = reqwest::Response>,
+    {
+        let sent = self.now();
+        let response = send.await;
+        let done = self.now();
+        let status = response.status().as_u16();
+        self.seen.lock().unwrap().push(Seen {
+            client: client.to_owned(),
+            sent,
+            done,
+            status,
+        });
+        (status, response)
+    }
+
+    /// Notes that `what` happened now.
+    pub fn mark(&self, what: &'static str) -> Duration {
+        let at = self.now();
+        self.marks.lock().unwrap().insert(what, at);
+        at
+    }
+
+    pub fn at(&self, what: &'static str) -> Duration {
+        self.marks.lock().unwrap()[what]
+    }
+
+    /// Every request recorded so far.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+/// Requests whose client name starts with `prefix`, sent in `[from, to)`.
+pub fn sent_between<'a>(
+    seen: &'a [Seen],
+    prefix: &'a str,
+    from: Duration,
+    to: Duration,
+) -> impl Iterator<Item = &'a Seen> + 'a {
+    seen.iter()
+        .filter(move |s| s.client.starts_with(prefix) && s.sent >= from && s.sent < to)
+}
+
+/// Status counts, for messages and reports.
+pub fn statuses<'a>(seen: impl IntoIterator<Item = &'a Seen>) -> BTreeMap<u16, usize> {
+    let mut counts = BTreeMap::new();
+    for s in seen {
+        *counts.entry(s.status).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// The longest latency among `seen` (zero if none).
+pub fn max_latency<'a>(seen: impl IntoIterator<Item = &'a Seen>) -> Duration {
+    seen.into_iter()
+        .map(Seen::latency)
+        .max()
+        .unwrap_or_default()
+}
+
+/// A TCP proxy in front of a Redis that can lose the reply to one command:
+/// it forwards the command, lets Redis execute it, throws the reply away
+/// and closes the client's connection, as when Redis dies right after a
+/// write. It can then also refuse the next connections (Redis still down).
+pub struct LossyProxy {
+    pub port: u16,
+    state: Arc<ProxyState>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Default)]
+struct ProxyState {
+    /// Lose the reply to the next request containing these bytes.
+    armed: Mutex<Option<Vec<u8>>>,
+    /// Connections to close at once, after a reply was lost.
+    refuse_after_loss: std::sync::atomic::AtomicUsize,
+    refusing: std::sync::atomic::AtomicUsize,
+    lost: std::sync::atomic::AtomicUsize,
+}
+
+impl LossyProxy {
+    pub async fn start(redis_port: u16) -> LossyProxy {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let state = Arc::new(ProxyState::default());
+        let shared = state.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((client, _)) = listener.accept().await else {
+                    return;
+                };
+                let refusing = shared.refusing.load(Ordering::SeqCst);
+                if refusing > 0 {
+                    shared.refusing.store(refusing - 1, Ordering::SeqCst);
+                    drop(client);
+                    continue;
+                }
+                tokio::spawn(relay(client, redis_port, shared.clone()));
+            }
+        });
+        LossyProxy { port, state, task }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Loses the reply to the next request containing `needle`; then
+    /// refuses the next `refuse` connections.
+    pub fn lose_reply_to(&self, needle: &str, refuse: usize) {
+        use std::sync::atomic::Ordering;
+        self.state.refuse_after_loss.store(refuse, Ordering::SeqCst);
+        *self.state.armed.lock().unwrap() = Some(needle.as_bytes().to_vec());
+    }
+
+    /// How many replies were lost so far.
+    pub fn lost(&self) -> usize {
+        self.state.lost.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Stops refusing connections.
+    pub fn heal(&self) {
+        self.state
+            .refusing
+            .store(0, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for LossyProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn relay(client: tokio::net::TcpStream, redis_port: u16, state: Arc<ProxyState>) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", redis_port)).await else {
+        return;
+    };
+    let (mut client_read, mut client_write) = client.into_split();
+    let (mut server_read, mut server_write) = server.into_split();
+    let lose_next = Arc::new(AtomicBool::new(false));
+    let lose = lose_next.clone();
+    let up_state = state.clone();
+    let up = tokio::spawn(async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match client_read.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            {
+                let mut armed = up_state.armed.lock().unwrap();
+                if let Some(needle) = armed.as_ref()
+                    && buf[..n]
+                        .windows(needle.len())
+                        .any(|w| w == needle.as_slice())
+                {
+                    *armed = None;
+                    lose.store(true, Ordering::SeqCst);
+                }
+            }
+            if server_write.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match server_read.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if lose_next.load(Ordering::SeqCst) {
+            // Redis executed the command; its reply goes nowhere, and the
+            // client's connection drops (as if Redis had died).
+            let refuse = state.refuse_after_loss.swap(0, Ordering::SeqCst);
+            state.refusing.store(refuse, Ordering::SeqCst);
+            state.lost.fetch_add(1, Ordering::SeqCst);
+            break;
+        }
+        if client_write.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+    up.abort();
+}
