@@ -1,0 +1,146 @@
+//! Faults on a Redis Cluster (a private one: the test reshards it): the hash
+//! slot of a live session moves to another master while the service runs.
+//! The store follows the `ASK` redirects during the migration and the
+//! `MOVED` ones after it; the session stays readable and writable.
+
+mod common;
+#[path = "common/faults.rs"]
+mod faults;
+#[path = "common/http.rs"]
+mod http;
+
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+use tower_redis_sessions::{RedisStore, SessionStore, Token};
+
+use common::{RedisCluster, RedisServer, key_slot};
+use faults::demo_on;
+use http::{Browser, Server, session_key};
+
+fn node_id(node: &RedisServer) -> String {
+    let id = node.cmd(&["CLUSTER", "MYID"]);
+    assert_eq!(id.len(), 40, "CLUSTER MYID: {id:?}");
+    id
+}
+
+/// `CLUSTER SETSLOT <slot> <args>` on `node`, which must answer OK.
+fn setslot(node: &RedisServer, slot: u16, args: &[&str]) {
+    let slot = slot.to_string();
+    let mut command = vec!["CLUSTER", "SETSLOT", &slot];
+    command.extend_from_slice(args);
+    assert_eq!(node.cmd(&command), "OK", "{command:?} on {}", node.port());
+}
+
+fn keys_in_slot(node: &RedisServer, slot: u16) -> Vec<String> {
+    node.cmd_bytes(&[
+        b"CLUSTER",
+        b"GETKEYSINSLOT",
+        slot.to_string().as_bytes(),
+        b"1000",
+    ])
+    .unwrap_array()
+    .into_iter()
+    .map(|r| String::from_utf8(r.unwrap_bytes()).unwrap())
+    .collect()
+}
+
+async fn incr(browser: &Browser) -> i64 {
+    let r = browser.post("/api/incr/n").await;
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    body["value"].as_i64().unwrap()
+}
+
+/// A logged-in session (its key and its user's index share the slot) moves
+/// to another master, with `CLUSTER SETSLOT IMPORTING / MIGRATING`,
+/// `MIGRATE ... KEYS` and `CLUSTER SETSLOT NODE`, as `redis-cli --cluster
+/// reshard` does. Through every step the same store reads and writes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_slot_moves_to_another_master() {
+    let cluster = RedisCluster::start();
+    let prefix = http::unique_prefix("reshard");
+    let store = Arc::new(
+        RedisStore::builder(http::config(&prefix))
+            .connect_cluster(cluster.urls())
+            .await
+            .unwrap(),
+    );
+    let web = Server::start(demo_on(&store)).await;
+    let a = Browser::new(&web);
+    a.login("ada").await;
+    assert_eq!(incr(&a).await, 1);
+    assert_eq!(incr(&a).await, 2);
+    let token = a.token().unwrap();
+    let key = session_key(&prefix, &token);
+    let slot = key_slot(key.as_bytes());
+    let source = cluster.node_for_slot(slot);
+    let target = cluster
+        .nodes()
+        .iter()
+        .find(|n| n.port() != source.port())
+        .unwrap();
+    let (source_id, target_id) = (node_id(source), node_id(target));
+    let moved = keys_in_slot(source, slot);
+    assert_eq!(moved.len(), 2, "the session and ada's index: {moved:?}");
+    assert!(moved.contains(&key));
+
+    // Migration begins: the keys are still on the source, which serves them.
+    setslot(target, slot, &["IMPORTING", &source_id]);
+    setslot(source, slot, &["MIGRATING", &target_id]);
+    assert_eq!(incr(&a).await, 3);
+
+    // The keys move; the source now answers ASK for them, and the store
+    // follows to the target.
+    let port = target.port().to_string();
+    let mut migrate = vec!["MIGRATE", "127.0.0.1", &port, "", "0", "5000", "KEYS"];
+    migrate.extend(moved.iter().map(String::as_str));
+    assert_eq!(source.cmd(&migrate), "OK");
+    let mut arrived = keys_in_slot(target, slot);
+    arrived.sort();
+    let mut expected = moved.clone();
+    expected.sort();
+    assert_eq!(arrived, expected);
+    assert!(keys_in_slot(source, slot).is_empty());
+    assert_eq!(
+        a.session().await,
+        json!({ "user": "ada", "data": { "n": 3 } }),
+        "read through ASK"
+    );
+    assert_eq!(incr(&a).await, 4, "written through ASK");
+
+    // The slot changes owner on every node: the store's requests to the
+    // source now get MOVED, and it follows.
+    setslot(target, slot, &["NODE", &target_id]);
+    setslot(source, slot, &["NODE", &target_id]);
+    for node in cluster.nodes() {
+        if node.port() != source.port() && node.port() != target.port() {
+            setslot(node, slot, &["NODE", &target_id]);
+        }
+    }
+    assert_eq!(
+        a.session().await,
+        json!({ "user": "ada", "data": { "n": 4 } }),
+        "read after MOVED"
+    );
+    assert_eq!(incr(&a).await, 5, "written after MOVED");
+    let parsed: Token = token.parse().unwrap();
+    assert_eq!(
+        store.load(&parsed).await.unwrap().unwrap().data["n"],
+        ciborium::Value::Integer(5.into())
+    );
+    // Another session of ada's lands in the same slot, now on the target;
+    // the listing (her index, moved too) shows both.
+    let b = Browser::new(&web);
+    b.login("ada").await;
+    let sessions = a.get("/api/sessions").await;
+    assert_eq!(sessions.status(), 200);
+    let sessions: Value = sessions.json().await.unwrap();
+    assert_eq!(sessions.as_array().unwrap().len(), 2, "{sessions}");
+    let keys = keys_in_slot(target, slot);
+    assert_eq!(keys.len(), 3, "two sessions and the index: {keys:?}");
+    assert!(keys_in_slot(source, slot).is_empty());
+    // Logout deletes on the target.
+    assert_eq!(a.post("/api/logout").await.status(), 200);
+    assert_eq!(keys_in_slot(target, slot).len(), 2);
+}
