@@ -8,7 +8,7 @@ use http::HeaderMap;
 
 use crate::codec::{Codec, Keyring, Meta};
 use crate::record::Record;
-use crate::token::{Tag, Token};
+use crate::token::{SessionId, Tag, Token};
 use crate::transport::Transport;
 
 const BINDING: &str = "fuzz:{AAAAAAAA}:s:key";
@@ -84,3 +84,22 @@ pub fn sample_blob() -> Vec<u8> {
 /// The length of an envelope's header (format, key id, MAC): the body of a
 /// blob starts here. `open_body(&sample_blob()[HEADER_LEN..])` holds.
 pub const HEADER_LEN: usize = 1 + 4 + 32;
+
+/// Seals `record` as a store would (with the fuzzing key and binding), for
+/// the benchmarks; `None` if its data does not encode.
+pub fn seal(record: &Record) -> Option<Vec<u8>> {
+    codec().seal(BINDING, record)
+}
+
+/// Verifies and decodes `blob` as a load would, for the benchmarks.
+pub fn open_record(blob: &[u8]) -> Option<Record> {
+    static ID: OnceLock<SessionId> = OnceLock::new();
+    // The id hashed once: a load gets it from the token it already holds.
+    let meta = Meta {
+        binding: BINDING,
+        id: *ID.get_or_init(|| token().id()),
+        version: 1,
+        last_seen: 0,
+    };
+    codec().open(blob, meta).ok()
+}
