@@ -299,6 +299,12 @@ impl RedisBackend {
                 StoreError::Unavailable(format!("Redis unreachable: {reason}"))
             }
             CallError::Redis(e) if is_unavailable(&e) => StoreError::Unavailable(e.to_string()),
+            // Missing again right after `fcall` registered it (flushed
+            // meanwhile, or a failover to a node without it): transient,
+            // like a node that is loading, so a 503 rather than a 500.
+            CallError::Redis(e) if is_missing_function(&e) => {
+                StoreError::Unavailable(format!("session function library missing in Redis: {e}"))
+            }
             CallError::Redis(e) => StoreError::Redis(e),
         }
     }
