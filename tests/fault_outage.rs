@@ -499,3 +499,82 @@ async fn lost_reply_with_redis_unreachable_is_a_503_of_unknown_outcome() {
     assert_eq!(incr(&a).await, (200, Some(3)));
     assert_eq!(stored_version(&server, &prefix, &a), "3");
 }
+
+/// `FUNCTION FLUSH` every half millisecond under load (a pathological
+/// storm): a call whose library vanishes again right after the store
+/// registered it fails with a 503 (transient), never a 500; once the storm
+/// ends every call succeeds, and each counter holds exactly its
+/// acknowledged increments (a call that found no function ran nothing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn library_flush_storm_gives_503_never_500() {
+    const CLIENTS: usize = 8;
+    let server = RedisServer::start();
+    let store = Arc::new(
+        RedisStore::builder(http::config(&http::unique_prefix("storm")))
+            .pool_size(4)
+            .connect(&server.url())
+            .await
+            .unwrap(),
+    );
+    let web = Server::start(demo_on(&store)).await;
+    let log = Log::new();
+    let running = Arc::new(AtomicBool::new(true));
+    let mut clients = JoinSet::new();
+    for i in 0..CLIENTS {
+        let (browser, log, running) = (Browser::new(&web), log.clone(), running.clone());
+        clients.spawn(async move {
+            let mut acknowledged = 0;
+            while running.load(Ordering::Relaxed) {
+                let (status, _) = log
+                    .request(&format!("client{i}"), browser.post("/api/incr/n"))
+                    .await;
+                acknowledged += i64::from(status == 200);
+            }
+            (browser, acknowledged)
+        });
+    }
+    let storming = Arc::new(AtomicBool::new(true));
+    let storm = {
+        let (storming, mut conn) = (storming.clone(), server.connect());
+        std::thread::spawn(move || {
+            let mut flushes = 0;
+            while storming.load(Ordering::Relaxed) {
+                assert_eq!(conn.cmd(&["FUNCTION", "FLUSH"]), "OK");
+                flushes += 1;
+                std::thread::sleep(Duration::from_micros(500));
+            }
+            flushes
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    storming.store(false, Ordering::Relaxed);
+    let flushes = tokio::task::spawn_blocking(move || storm.join().unwrap())
+        .await
+        .unwrap();
+    let calm = log.mark("calm");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    running.store(false, Ordering::Relaxed);
+    let mut results = Vec::new();
+    while let Some(done) = clients.join_next().await {
+        results.push(done.unwrap());
+    }
+
+    let seen = log.seen();
+    let during: Vec<_> = sent_between(&seen, "client", Duration::ZERO, calm).collect();
+    let after: Vec<_> = sent_between(&seen, "client", calm, log.now()).collect();
+    eprintln!(
+        "{flushes} flushes in 1.5 s: {:?}; after: {:?}",
+        statuses(during.iter().copied()),
+        statuses(after.iter().copied())
+    );
+    assert!(
+        during.iter().all(|s| s.status == 200 || s.status == 503),
+        "{:?}",
+        statuses(during.iter().copied())
+    );
+    assert!(!after.is_empty() && after.iter().all(|s| s.status == 200));
+    for (browser, acknowledged) in results {
+        let body = browser.session().await;
+        assert_eq!(body["data"]["n"], json!(acknowledged));
+    }
+}
