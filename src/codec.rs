@@ -11,6 +11,7 @@
 //! copied to another session's key does not verify. The MAC is checked in
 //! constant time before a single byte of the body is decoded.
 
+use std::cell::RefCell;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -370,7 +371,7 @@ impl Codec {
         if !verified {
             return Err(OpenError::BadMac);
         }
-        let body: Body = ciborium::from_reader(body).map_err(|_| OpenError::Body)?;
+        let body = decode_body(body).ok_or(OpenError::Body)?;
         Ok(Record {
             id: meta.id,
             user: body.u,
@@ -383,6 +384,22 @@ impl Codec {
             data: body.d,
         })
     }
+}
+
+/// Decodes a verified body. `ciborium::from_reader` zeroes a fresh 4 KiB
+/// scratch buffer for every call (a tenth of the decoding work of a typical
+/// record); each thread reuses one instead.
+fn decode_body(body: &[u8]) -> Option<Body> {
+    thread_local! {
+        static SCRATCH: RefCell<Vec<u8>> = RefCell::new(vec![0; 4096]);
+    }
+    SCRATCH
+        .with(|scratch| match scratch.try_borrow_mut() {
+            Ok(mut scratch) => ciborium::de::from_reader_with_buffer(body, &mut scratch),
+            // Never nested today; if it were, a fresh buffer is still right.
+            Err(_) => ciborium::from_reader(body),
+        })
+        .ok()
 }
 
 fn mac_input(mac: HmacSha256, header: &[u8], binding: &str, body: &[u8]) -> HmacSha256 {

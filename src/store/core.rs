@@ -209,10 +209,12 @@ impl<B: Backend> Core<B> {
     }
 
     pub(crate) async fn load(&self, token: &Token) -> Result<Option<Record>, StoreError> {
-        let key = self.session_key(token);
+        // The id is a SHA-256 of the token's secret: hash it once per call.
+        let id = token.id();
+        let key = self.keys.session(token.tag(), &id);
         let now = self.now();
         let raw = self.backend.load(&key, now, self.touch).await?;
-        Ok(raw.and_then(|raw| self.open(&key, token.id(), &raw, now)))
+        Ok(raw.and_then(|raw| self.open(&key, id, &raw, now)))
     }
 
     pub(crate) async fn save(
@@ -244,7 +246,8 @@ impl<B: Backend> Core<B> {
 
     /// Checks `record` against `token` and seals it for the token's key.
     fn seal(&self, token: &Token, record: &Record) -> Result<Sealed, StoreError> {
-        if record.id != token.id() {
+        let id = token.id();
+        if record.id != id {
             return Err(StoreError::Invalid("the record's id is not the token's"));
         }
         let index = match &record.user {
@@ -259,7 +262,7 @@ impl<B: Backend> Core<B> {
             }
             None => None,
         };
-        let key = self.session_key(token);
+        let key = self.keys.session(token.tag(), &id);
         let blob = self
             .codec
             .seal(&key, record)
@@ -291,8 +294,9 @@ impl<B: Backend> Core<B> {
             RawSave::Saved(version) => SaveOutcome::Saved { version },
             RawSave::Conflict(raw) => {
                 self.counters.conflicts.fetch_add(1, Ordering::Relaxed);
-                let key = self.session_key(token);
-                match self.open(&key, token.id(), &raw, now) {
+                let id = token.id();
+                let key = self.keys.session(token.tag(), &id);
+                match self.open(&key, id, &raw, now) {
                     Some(current) => SaveOutcome::Conflict(current),
                     // What is stored does not verify: as good as no session.
                     None => SaveOutcome::Gone,
