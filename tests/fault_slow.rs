@@ -232,9 +232,12 @@ async fn saturated_store_waits_at_most_the_wait_timeout() {
             (i, status, value)
         });
     }
-    // Meanwhile, straight at the store: no place for this call either.
+    // Meanwhile, straight at the store: no place for this call either. Sent
+    // once a request got its 503, so the place is surely taken.
     let token = store.new_token(None).unwrap();
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    while !log.seen().iter().any(|s| s.status == 503) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let started = Instant::now();
     let direct = store.load(&token).await;
     let direct_took = started.elapsed();
