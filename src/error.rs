@@ -9,6 +9,11 @@ use crate::store::StoreError;
 /// With the `axum` feature it converts into a response: 503 when the store
 /// is unreachable, slow or saturated, or the session too contended
 /// ([`SessionError::Busy`]); 500 otherwise. Handlers can return it with `?`.
+///
+/// A 503 for a request that changed its session means the outcome is
+/// unknown: if Redis stored the change and then failed before answering, and
+/// was still unreachable for the one retry, the change stands. (A save whose
+/// reply was lost is recognised when retried, and applied only once.)
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SessionError {

@@ -156,8 +156,10 @@ impl Connections {
     /// (Redis restarted, a failover), the call is sent once more over a fresh
     /// one; every function of the library is safe to repeat.
     pub(crate) async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T, CallError> {
-        let _permit = match tokio::time::timeout(self.timeouts.wait, self.in_flight.acquire()).await
-        {
+        // One wait budget per call, however many things it waits for (a
+        // place in flight, its slot's lease, a pooled connection).
+        let waited = tokio::time::Instant::now() + self.timeouts.wait;
+        let _permit = match tokio::time::timeout_at(waited, self.in_flight.acquire()).await {
             Ok(Ok(permit)) => permit,
             // The semaphore is never closed; treat it as saturation if it were.
             Ok(Err(_)) | Err(_) => return Err(CallError::PoolTimeout),
@@ -166,7 +168,7 @@ impl Connections {
         let mut attempts = 0;
         loop {
             attempts += 1;
-            let (mut conn, generation) = self.lease(slot).await?;
+            let (mut conn, generation) = self.lease(slot, waited).await?;
             match tokio::time::timeout(self.timeouts.command, conn.query::<T>(cmd)).await {
                 Ok(Ok(value)) => return Ok(value),
                 Ok(Err(e)) if e.is_timeout() => {
@@ -190,14 +192,17 @@ impl Connections {
         }
     }
 
-    /// The connection in `slot`, leasing one from the pool if it is empty.
-    async fn lease(&self, slot: usize) -> Result<(Conn, u64), CallError> {
+    /// The connection in `slot`, leasing one from the pool if it is empty;
+    /// waiting (for the slot's lease, for the pool) ends at `waited`.
+    async fn lease(
+        &self,
+        slot: usize,
+        waited: tokio::time::Instant,
+    ) -> Result<(Conn, u64), CallError> {
         if let Some(found) = self.peek(slot) {
             return Ok(found);
         }
-        let Ok(_leasing) =
-            tokio::time::timeout(self.timeouts.wait, self.leasing[slot].lock()).await
-        else {
+        let Ok(_leasing) = tokio::time::timeout_at(waited, self.leasing[slot].lock()).await else {
             return Err(CallError::PoolTimeout);
         };
         // Filled by the call that held the lease lock before us.
@@ -205,7 +210,7 @@ impl Connections {
             return Ok(found);
         }
         let timeouts = PoolTimeouts {
-            wait: Some(self.timeouts.wait),
+            wait: Some(waited.saturating_duration_since(tokio::time::Instant::now())),
             create: Some(self.timeouts.connect),
             recycle: Some(self.timeouts.command),
         };

@@ -40,11 +40,11 @@ use crate::store::{StoreConfig, StoreError};
 ///
 /// # Timeouts
 ///
-/// A call waits at most the wait timeout for a place among the calls in
-/// flight, the connect timeout for a new connection, and the command timeout
-/// for the answer; a call whose connection broke is sent once more over a new
-/// connection. So an operation fails at the latest after
-/// `wait + 2 x (connect + command)`.
+/// A call waits at most the wait timeout in all for a place among the calls
+/// in flight and for a pooled connection, the connect timeout for a new
+/// connection, and the command timeout for the answer; a call whose
+/// connection broke is sent once more over a new connection. So an operation
+/// fails at the latest after `wait + 2 x (connect + command)`.
 ///
 /// ```no_run
 /// use tower_redis_sessions::{Keyring, RedisStore, StoreConfig};
