@@ -33,22 +33,6 @@ use tower_redis_sessions::{
 
 use crate::common::{CommandStats, RedisCluster, RedisServer};
 
-/// Commands the function library runs inside an `FCALL`; `INFO
-/// commandstats` counts them too. Anything else in a delta is an extra
-/// command sent by the client.
-pub const LIBRARY_INTERNAL: &[&str] = &[
-    "hmget",
-    "hget",
-    "hset",
-    "del",
-    "zadd",
-    "zrem",
-    "zrange",
-    "zrangebyscore",
-    "pexpireat",
-    "persist",
-];
-
 /// Asserts that `delta` is exactly `fcalls` round trips: that many `FCALL`s
 /// and, besides them, only commands the library runs internally. Zero means
 /// no command at all.
@@ -67,11 +51,7 @@ pub fn assert_round_trips(delta: &CommandStats, fcalls: u64, what: &str) {
         fcalls,
         "{what}: expected {fcalls} FCALL(s), got {delta:?}"
     );
-    let extra: Vec<&String> = delta
-        .0
-        .keys()
-        .filter(|name| *name != "fcall" && !LIBRARY_INTERNAL.contains(&name.as_str()))
-        .collect();
+    let extra = delta.client_commands_besides_fcall();
     assert!(
         extra.is_empty(),
         "{what}: client commands besides FCALL: {extra:?} in {delta:?}"

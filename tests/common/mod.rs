@@ -37,7 +37,7 @@ use std::sync::OnceLock;
 pub use cluster::{RedisCluster, SLOT_COUNT, key_slot};
 pub use resp::{RawConnection, Reply};
 pub use server::{RedisServer, ServerOptions};
-pub use stats::CommandStats;
+pub use stats::{CommandStats, LIBRARY_INTERNAL};
 
 /// One standalone server per test binary, started on first use. Tests run in
 /// parallel against it, so use unique keys and do not flush it; for exact

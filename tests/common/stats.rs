@@ -2,6 +2,22 @@
 
 use std::collections::BTreeMap;
 
+/// Commands the function library (`lua/sessions.lua`) runs inside an
+/// `FCALL`; `INFO commandstats` counts them too. Anything else in a delta is
+/// a command a client sent.
+pub const LIBRARY_INTERNAL: &[&str] = &[
+    "hmget",
+    "hget",
+    "hset",
+    "del",
+    "zadd",
+    "zrem",
+    "zrange",
+    "zrangebyscore",
+    "pexpireat",
+    "persist",
+];
+
 /// Number of calls per command, as reported by `INFO commandstats`.
 ///
 /// Keys are the names after `cmdstat_`, lowercase, with Redis 7 subcommands
@@ -27,6 +43,16 @@ use std::collections::BTreeMap;
 pub struct CommandStats(pub BTreeMap<String, u64>);
 
 impl CommandStats {
+    /// The commands of this delta a client sent besides `FCALL`: those that
+    /// are neither `fcall` nor run inside the function library.
+    pub fn client_commands_besides_fcall(&self) -> Vec<&str> {
+        self.0
+            .keys()
+            .map(String::as_str)
+            .filter(|name| *name != "fcall" && !LIBRARY_INTERNAL.contains(name))
+            .collect()
+    }
+
     /// Parses the text of an `INFO commandstats` reply.
     pub fn parse(info: &str) -> CommandStats {
         let mut map = BTreeMap::new();
