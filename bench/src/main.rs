@@ -41,6 +41,8 @@ usage: cargo run --release -p bench -- [options]
   --scenarios LIST     comma-separated subset of: untouched,read,write,sliding,writers,login
   --out FILE           also write the report to FILE
   --redis-server PATH  the redis-server binary (default: redis-server on PATH)
+  --serve DIR          only serve for an outside load generator (e.g. wrk): write each
+                       server's address and session cookies to DIR, then wait for Ctrl-C
 ";
 
 #[derive(Clone, Debug)]
@@ -55,6 +57,7 @@ struct Args {
     scenarios: Option<Vec<String>>,
     out: Option<String>,
     redis_server: String,
+    serve: Option<String>,
 }
 
 impl Args {
@@ -70,6 +73,7 @@ impl Args {
             scenarios: None,
             out: None,
             redis_server: "redis-server".to_owned(),
+            serve: None,
         };
         let mut it = std::env::args().skip(1);
         while let Some(flag) = it.next() {
@@ -92,6 +96,7 @@ impl Args {
                 }
                 "--out" => args.out = Some(value),
                 "--redis-server" => args.redis_server = value,
+                "--serve" => args.serve = Some(value),
                 _ => return Err(format!("unknown option {flag}")),
             }
         }
@@ -386,7 +391,8 @@ async fn drive(
     for (&server, &addr) in addrs {
         let needed = scenarios
             .iter()
-            .any(|s| s.kind == Kind::Sessions && s.servers.contains(&server));
+            .any(|s| s.kind == Kind::Sessions && s.servers.contains(&server))
+            || args.serve.is_some();
         let mut cookies = Vec::new();
         if needed {
             for _ in 0..args.sessions {
@@ -407,6 +413,9 @@ async fn drive(
                 cookies: Arc::new(cookies),
             },
         );
+    }
+    if let Some(dir) = &args.serve {
+        return serve(dir, &targets).await;
     }
     eprintln!(
         "{} sessions per server; {} s + {} s warm-up per cell, {} rounds",
@@ -452,6 +461,30 @@ async fn drive(
         }
     }
     Ok(report(args, redis, &scenarios, &totals))
+}
+
+/// For a cross-check with another load generator: `DIR/<server>.addr` holds
+/// the server's address, `DIR/<server>.cookies` one `Cookie` header value per
+/// line; then serve until interrupted.
+async fn serve(dir: &str, targets: &BTreeMap<Server, Target>) -> Result<String, String> {
+    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    for (server, target) in targets {
+        let name = format!("{server:?}").to_lowercase();
+        let cookies: Vec<&str> = target
+            .cookies
+            .iter()
+            .filter_map(|c| c.to_str().ok())
+            .collect();
+        let write = |ext: &str, text: String| {
+            std::fs::write(format!("{dir}/{name}.{ext}"), text).map_err(|e| e.to_string())
+        };
+        write("addr", target.addr.to_string())?;
+        write("cookies", cookies.join("\n") + "\n")?;
+        eprintln!("{:<32} http://{}", server.label(), target.addr);
+    }
+    eprintln!("serving; Ctrl-C to stop");
+    tokio::signal::ctrl_c().await.map_err(|e| e.to_string())?;
+    Ok(String::new())
 }
 
 async fn login(addr: SocketAddr) -> Result<HeaderValue, String> {
