@@ -138,6 +138,15 @@ impl Server {
         }
     }
 
+    /// What sets a variant apart from its library's main server.
+    fn variant(self) -> &'static str {
+        match self {
+            Server::OursSliding => "touch 0",
+            Server::PeerAlwaysSave => "always_save",
+            _ => self.label(),
+        }
+    }
+
     fn is_ours(self) -> bool {
         matches!(self, Server::Ours | Server::OursSliding)
     }
@@ -688,7 +697,7 @@ fn report(
             let name = if i == 0 {
                 scenario.name.to_owned()
             } else {
-                format!("{} ({})", scenario.name, server.label())
+                format!("{} ({})", scenario.name, server.variant())
             };
             let _ = writeln!(
                 out,
