@@ -364,7 +364,14 @@ fn run(args: Args) -> Result<(), String> {
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
-    let report = client_rt.block_on(drive(&args, &url, &addrs, &redis))?;
+    // Ctrl-C ends the run through the normal path, so that dropping the
+    // RedisServer stops redis-server.
+    let report = client_rt.block_on(async {
+        tokio::select! {
+            report = drive(&args, &url, &addrs, &redis) => report,
+            _ = tokio::signal::ctrl_c(), if args.serve.is_none() => Err("interrupted".to_owned()),
+        }
+    })?;
     print!("{report}");
     if let Some(path) = &args.out {
         std::fs::write(path, &report).map_err(|e| format!("cannot write {path}: {e}"))?;
