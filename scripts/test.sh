@@ -61,6 +61,11 @@ cargo fmt --all -- --check
 step "cargo clippy --all-targets --all-features -- -D warnings"
 cargo clippy --all-targets --all-features -- -D warnings
 
+# The tests run the compiled demo and hyper example as real processes;
+# `cargo test --all-targets` builds examples only as test harnesses.
+step "cargo build --examples --all-features"
+cargo build --examples --all-features
+
 step "cargo test --all-targets --all-features"
 cargo test --all-targets --all-features
 
