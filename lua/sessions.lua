@@ -26,8 +26,9 @@ Keys (P = the deployment's key prefix, T = the token's routing tag)
                   Key expiry (PEXPIREAT) = deadline(s, i, a), see below.
   P{T}:u:<uid>    sorted set, a user's index: member = session key name,
                   score = that session's deadline (NO_DEADLINE if none).
-                  Its own expiry is the highest score, so an index outlives
-                  every session in it and then disappears by itself.
+                  Its own expiry is at least the highest score (I4), so an
+                  index outlives every session in it and then disappears by
+                  itself.
   A user's sessions all carry the user's tag, so a session, its index and the
   user's other sessions share one hash slot: every function below touches one
   slot, on a single node and on Redis Cluster alike. The index named by a
@@ -46,33 +47,48 @@ Invariants
   I2  A save with version n > 0 writes only if the stored version is n; a
       missing (deleted, revoked, expired) session is never written again.
   I3  Index scores equal their sessions' current deadlines; every write of a
-      deadline (save, sliding in load) writes the score in the same call.
-  I4  An index's expiry is at least its highest score.
-  I5  Work per call is bounded: pruning inspects at most PRUNE_BATCH entries.
+      deadline (save, sliding in load) writes the score in the same call
+      (and skips it when the deadline did not change: the score is already
+      that deadline).
+  I4  An index's expiry is at least its highest score. A score that grows
+      moves the expiry with PEXPIREAT .. GT (only ever forward); an index
+      the ZADD just created (no expiry yet) gets its expiry from its top
+      score; NO_DEADLINE makes it persistent. Removing members never raises
+      the highest score, so it needs no upkeep (delete and list still trim
+      the expiry to the top score).
+  I5  Work per call is bounded: an index is pruned when it gains a member
+      (and when listed), at most PRUNE_BATCH entries at a time.
 ]]
 
 local NO_DEADLINE = 9007199254740991 -- 2^53 - 1: "never", exact in a double
 local PRUNE_BATCH = 64
 
+-- Numbers are passed to redis.call as they are: Redis formats a Lua number
+-- argument with 17 significant digits, so every integer up to NO_DEADLINE
+-- reaches Redis exactly (no string.format on the hot paths).
+
 -- min(last_seen + idle, absolute), where a zero term is absent; never
--- beyond NO_DEADLINE (an idle timeout of "forever" is no deadline), so that
--- every deadline formats with '%d' (a larger double overflows it).
+-- beyond NO_DEADLINE (an idle timeout of "forever" is no deadline).
 local function deadline(seen, idle, absolute)
   local d = NO_DEADLINE
-  if idle > 0 then d = math.min(seen + idle, NO_DEADLINE) end
+  if idle > 0 and seen + idle < d then d = seen + idle end
   if absolute > 0 and absolute < d then d = absolute end
   return d
+end
+
+local function expired(now, seen, idle, absolute)
+  return deadline(seen, idle, absolute) <= now
 end
 
 local function set_expiry(key, at)
   if at >= NO_DEADLINE then
     redis.call('PERSIST', key)
   else
-    redis.call('PEXPIREAT', key, string.format('%d', at))
+    redis.call('PEXPIREAT', key, at)
   end
 end
 
--- I4: the index lives as long as its longest-lived member.
+-- I4, exactly: the index expires with its longest-lived member.
 local function refresh_index_expiry(index)
   local top = redis.call('ZRANGE', index, -1, -1, 'WITHSCORES')
   if #top == 0 then
@@ -82,74 +98,96 @@ local function refresh_index_expiry(index)
   end
 end
 
+-- I4 after a score `d` was written to an index that already has an expiry
+-- at least its highest score (or none): moving the expiry only forward (GT)
+-- keeps it at least the highest score. GT leaves a key without expiry alone
+-- (Redis counts it as an infinite TTL), which is right here: such an index
+-- holds a session without deadline, or did, and outlives them all.
+local function extend_index(index, d)
+  if d >= NO_DEADLINE then
+    redis.call('PERSIST', index)
+  else
+    redis.call('PEXPIREAT', index, d, 'GT')
+  end
+end
+
 -- Drop the sessions of an index whose deadline has passed (I3: the score is
 -- the deadline), the entry and the session key, which Redis would drop soon
 -- anyway unless its clock runs late (I5).
 local function prune(index, now)
-  local dead = redis.call('ZRANGEBYSCORE', index, '-inf', string.format('%d', now), 'LIMIT', 0, PRUNE_BATCH)
+  local dead = redis.call('ZRANGEBYSCORE', index, '-inf', now, 'LIMIT', 0, PRUNE_BATCH)
   for _, member in ipairs(dead) do
     redis.call('ZREM', index, member)
     redis.call('DEL', member)
   end
 end
 
-local function expired(now, seen, idle, absolute)
-  return deadline(seen, idle, absolute) <= now
+-- Enters `key` in `index` with score `d` (I3) and keeps the index's expiry
+-- (I4). An index grows only here, when a member is added (a new session, a
+-- login, a rotation, a change of owner): that is when it is pruned (I5).
+local function index_put(index, key, d, now)
+  if redis.call('ZADD', index, d, key) == 0 then
+    -- An existing member whose score moved: its old score was within the
+    -- index's expiry (I4), so moving the expiry forward to d suffices.
+    extend_index(index, d)
+    return
+  end
+  prune(index, now)
+  if d >= NO_DEADLINE then
+    redis.call('PERSIST', index)
+  elseif redis.call('PEXPIREAT', index, d, 'GT') == 0 then
+    -- Not moved: the index has no expiry (the ZADD just created it, or it
+    -- holds a session without deadline) or one already past d. GT alone
+    -- would leave a new index without expiry: set it from the top score.
+    refresh_index_expiry(index)
+  end
 end
 
--- Reads the fields the functions need; nil when the session does not exist.
-local function read(key)
-  local f = redis.call('HMGET', key, 'v', 'b', 's', 'i', 'a', 'x', 'w')
-  if not f[1] then return nil end
-  return {
-    v = tonumber(f[1]), b = f[2], s = tonumber(f[3]),
-    i = tonumber(f[4]), a = tonumber(f[5]), x = f[6] or '', w = f[7] or '',
-  }
-end
-
-local function drop(key, r)
+-- Deletes a session and its index entry (the index's expiry stays at least
+-- its highest score: removing a member never raises it).
+local function drop(key, index)
   redis.call('DEL', key)
-  if r.x ~= '' then redis.call('ZREM', r.x, key) end
+  if index and index ~= '' then redis.call('ZREM', index, key) end
 end
 
--- Like read, but a session dead by the application's clock though Redis
+-- The reply to a save or rotation that met another version: the stored
+-- record, so the caller merges without a read. The blob is read only here.
+local function conflict(key, version, seen)
+  return {'conflict', version, redis.call('HGET', key, 'b'), seen}
+end
+
+-- The fields save and rotate read: {v, s, i, a, x, w}, without the blob.
+-- Returns them, the version (nil if there is no live session) and the
+-- stored deadline. A session dead by the application's clock though Redis
 -- still holds it is finished off, so that it answers like a session Redis
 -- already dropped.
 local function read_live(key, now)
-  local r = read(key)
-  if r and expired(now, r.s, r.i, r.a) then
-    drop(key, r)
-    return nil
+  local f = redis.call('HMGET', key, 'v', 's', 'i', 'a', 'x', 'w')
+  if not f[1] then return f, nil, nil end
+  local d = deadline(tonumber(f[2]), tonumber(f[3]), tonumber(f[4]))
+  if d <= now then
+    drop(key, f[5])
+    return f, nil, nil
   end
-  return r
+  return f, tonumber(f[1]), d
 end
 
--- The ARGV of save and rotate: blob, now, idle (ms), absolute deadline (ms),
--- kind, nonce, after the expected version.
-local function write_args(args)
-  -- Times past NO_DEADLINE mean "never"; clamped, they are stored as exact
-  -- integers ('%d' of a larger double overflows into garbage).
-  return {
-    blob = args[2], now = tonumber(args[3]),
-    idle = math.min(tonumber(args[4]), NO_DEADLINE),
-    absolute = math.min(tonumber(args[5]), NO_DEADLINE),
-    kind = args[6], nonce = args[7],
-  }
+-- A time argument of save and rotate, clamped to NO_DEADLINE ("never"):
+-- the number, and what to store (the argument itself when in range).
+local function time_arg(arg)
+  local n = tonumber(arg)
+  if n > NO_DEADLINE then return NO_DEADLINE, NO_DEADLINE end
+  return n, arg
 end
 
--- Writes version `version` of a session under `key`, expiring at `d`, and
--- enters it in `index` (I3).
-local function write(key, index, version, w, d)
+-- Writes version `version` of a session under `key` from the ARGV of save
+-- and rotate (blob, now, idle, absolute, kind, nonce after the expected
+-- version), expiring at `d`. The index entry is the caller's.
+local function write(key, index, version, args, idle, absolute, d)
   redis.call('HSET', key,
-    'v', version, 'b', w.blob, 's', string.format('%d', w.now),
-    'i', string.format('%d', w.idle), 'a', string.format('%d', w.absolute),
-    'k', w.kind, 'x', index, 'w', w.nonce)
+    'v', version, 'b', args[2], 's', args[3], 'i', idle, 'a', absolute,
+    'k', args[6], 'x', index, 'w', args[7])
   set_expiry(key, d)
-  if index ~= '' then
-    redis.call('ZADD', index, string.format('%d', d), key)
-    prune(index, w.now)
-    refresh_index_expiry(index)
-  end
 end
 
 --[[ load
@@ -164,21 +202,37 @@ a session in use never reaches its idle deadline.
 ]]
 local function load(keys, args)
   local key = keys[1]
-  local now, touch = tonumber(args[1]), tonumber(args[2])
-  local r = read(key)
-  if not r then return nil end
-  if expired(now, r.s, r.i, r.a) then return nil end
-  if r.i > 0 and now - r.s >= math.min(touch, math.floor(r.i / 2)) then
-    r.s = now
-    local d = deadline(now, r.i, r.a)
-    redis.call('HSET', key, 's', string.format('%d', now))
-    set_expiry(key, d)
-    if r.x ~= '' then
-      redis.call('ZADD', r.x, 'XX', string.format('%d', d), key)
-      refresh_index_expiry(r.x)
+  -- The common case (no touch due) reads one hash and answers with the
+  -- table it got, cut to three fields; the index name is read only to touch.
+  local f = redis.call('HMGET', key, 'v', 'b', 's', 'i', 'a')
+  if not f[1] then return nil end
+  local now = tonumber(args[1])
+  local seen, idle, absolute = tonumber(f[3]), tonumber(f[4]), tonumber(f[5])
+  local d = deadline(seen, idle, absolute)
+  if d <= now then return nil end
+  f[4] = nil -- the reply ends at the first nil: {v, b, s}
+  if idle > 0 then
+    local due = math.floor(idle / 2)
+    local touch = tonumber(args[2])
+    if touch < due then due = touch end
+    if now - seen >= due then
+      redis.call('HSET', key, 's', args[1])
+      f[3] = args[1]
+      local moved = deadline(now, idle, absolute)
+      -- Capped by the absolute deadline, the deadline may stay where it is:
+      -- then so do the key's expiry and the index score.
+      if moved ~= d then
+        set_expiry(key, moved)
+        local index = redis.call('HGET', key, 'x')
+        if index and index ~= '' then
+          -- XX: a session missing from its index is not entered again here.
+          redis.call('ZADD', index, 'XX', moved, key)
+          extend_index(index, moved)
+        end
+      end
     end
   end
-  return {r.v, r.b, r.s}
+  return f
 end
 
 --[[ save (compare-and-set)
@@ -194,33 +248,39 @@ wrote and replies 'saved' again instead of a conflict with itself.
 ]]
 local function save(keys, args)
   local key, index = keys[1], keys[2] or ''
-  local expected, w = tonumber(args[1]), write_args(args)
-  local now = w.now
+  local expected, now = tonumber(args[1]), tonumber(args[3])
 
-  local r = read_live(key, now)
-  if r and r.v == expected + 1 and r.w == w.nonce then
-    return {'saved', r.v}
+  local f, stored, was = read_live(key, now)
+  if stored and stored == expected + 1 and f[6] == args[7] then
+    return {'saved', stored}
   end
   if expected == 0 then
-    if r then return {'conflict', r.v, r.b, r.s} end
+    if stored then return conflict(key, stored, f[2]) end
   else
-    if not r then return {'gone'} end
-    if r.v ~= expected then return {'conflict', r.v, r.b, r.s} end
+    if not stored then return {'gone'} end
+    if stored ~= expected then return conflict(key, stored, f[2]) end
   end
 
-  local d = deadline(now, w.idle, w.absolute)
+  local idle, idle_arg = time_arg(args[4])
+  local absolute, absolute_arg = time_arg(args[5])
+  local d = deadline(now, idle, absolute)
   if d <= now then
     -- The record's own deadline has passed: it is over, not to be stored.
-    if r then drop(key, r) end
+    if stored then drop(key, f[5]) end
     return {'gone'}
   end
 
   local version = expected + 1
-  write(key, index, version, w, d)
-  if r and r.x ~= '' and r.x ~= index then
+  write(key, index, version, args, idle_arg, absolute_arg, d)
+  local owner = stored and f[5] or ''
+  if index ~= '' and not (owner == index and was == d) then
+    -- (An unchanged deadline in the same index: the score is already d, I3.)
+    index_put(index, key, d, now)
+  end
+  if owner ~= '' and owner ~= index then
     -- The session changed owner: leave the old owner's index.
-    redis.call('ZREM', r.x, key)
-    refresh_index_expiry(r.x)
+    redis.call('ZREM', owner, key)
+    refresh_index_expiry(owner)
   end
   return {'saved', version}
 end
@@ -239,22 +299,27 @@ revoked (I2).
 ]]
 local function rotate(keys, args)
   local old, key, index = keys[1], keys[2], keys[3] or ''
-  local expected, w = tonumber(args[1]), write_args(args)
-  local now = w.now
+  local expected, now = tonumber(args[1]), tonumber(args[3])
 
-  local n = read(key)
-  if n and n.w == w.nonce then return {'saved', n.v} end -- a retry after a lost reply
-  if n then return {'taken'} end
-  local r = read_live(old, now)
-  if not r then return {'gone'} end
-  if r.v ~= expected then return {'conflict', r.v, r.b, r.s} end
-  local d = deadline(now, w.idle, w.absolute)
-  drop(old, r)
+  local n = redis.call('HMGET', key, 'v', 'w')
+  if n[1] then
+    if n[2] == args[7] then return {'saved', tonumber(n[1])} end -- a retry after a lost reply
+    return {'taken'}
+  end
+  local f, stored = read_live(old, now)
+  if not stored then return {'gone'} end
+  if stored ~= expected then return conflict(old, stored, f[2]) end
+  local idle, idle_arg = time_arg(args[4])
+  local absolute, absolute_arg = time_arg(args[5])
+  local d = deadline(now, idle, absolute)
+  local owner = f[5] or ''
+  drop(old, owner)
   if d <= now then return {'gone'} end
 
   local version = expected + 1
-  write(key, index, version, w, d)
-  if r.x ~= '' and r.x ~= index then refresh_index_expiry(r.x) end
+  write(key, index, version, args, idle_arg, absolute_arg, d)
+  if index ~= '' then index_put(index, key, d, now) end
+  if owner ~= '' and owner ~= index then refresh_index_expiry(owner) end
   return {'saved', version}
 end
 
