@@ -39,6 +39,8 @@ usage: cargo run --release -p bench -- [options]
   --sessions N         sessions created per server and rotated over (default 256)
   --pool N             Redis connections of this crate's store and of fred's pool (default 1)
   --scenarios LIST     comma-separated subset of: untouched,read,write,sliding,writers,login
+  --servers LIST       comma-separated subset of: ours,ours-touch0,peer,peer-always-save,floor
+                       (to profile one server; ratios need this crate, the peer and the floor)
   --out FILE           also write the report to FILE
   --redis-server PATH  the redis-server binary (default: redis-server on PATH)
   --serve DIR          only serve for an outside load generator (e.g. wrk): write each
@@ -55,6 +57,7 @@ struct Args {
     sessions: usize,
     pool: usize,
     scenarios: Option<Vec<String>>,
+    servers: Option<Vec<String>>,
     out: Option<String>,
     redis_server: String,
     serve: Option<String>,
@@ -71,6 +74,7 @@ impl Args {
             sessions: 256,
             pool: 1,
             scenarios: None,
+            servers: None,
             out: None,
             redis_server: "redis-server".to_owned(),
             serve: None,
@@ -94,6 +98,7 @@ impl Args {
                 "--scenarios" => {
                     args.scenarios = Some(value.split(',').map(str::to_owned).collect())
                 }
+                "--servers" => args.servers = Some(value.split(',').map(str::to_owned).collect()),
                 "--out" => args.out = Some(value),
                 "--redis-server" => args.redis_server = value,
                 "--serve" => args.serve = Some(value),
@@ -144,6 +149,17 @@ impl Server {
             Server::OursSliding => "touch 0",
             Server::PeerAlwaysSave => "always_save",
             _ => self.label(),
+        }
+    }
+
+    /// The name `--servers` knows it by.
+    fn key(self) -> &'static str {
+        match self {
+            Server::Ours => "ours",
+            Server::OursSliding => "ours-touch0",
+            Server::Peer => "peer",
+            Server::PeerAlwaysSave => "peer-always-save",
+            Server::Floor => "floor",
         }
     }
 
@@ -405,10 +421,15 @@ async fn drive(
     // Sessions to rotate over, created through each server's own login.
     let mut targets = BTreeMap::new();
     for (&server, &addr) in addrs {
-        let needed = scenarios
-            .iter()
-            .any(|s| s.kind == Kind::Sessions && s.servers.contains(&server))
-            || args.serve.is_some();
+        let selected = args
+            .servers
+            .as_ref()
+            .is_none_or(|only| only.iter().any(|k| k == server.key()));
+        let needed = selected
+            && (scenarios
+                .iter()
+                .any(|s| s.kind == Kind::Sessions && s.servers.contains(&server))
+                || args.serve.is_some());
         let mut cookies = Vec::new();
         if needed {
             for _ in 0..args.sessions {
@@ -441,8 +462,17 @@ async fn drive(
     let mut totals: BTreeMap<(usize, Server), Totals> = BTreeMap::new();
     for (si, scenario) in scenarios.iter().enumerate() {
         for round in 0..args.rounds {
-            let mut order = scenario.servers.to_vec();
-            let len = order.len();
+            let mut order: Vec<Server> = scenario
+                .servers
+                .iter()
+                .copied()
+                .filter(|s| {
+                    args.servers
+                        .as_ref()
+                        .is_none_or(|only| only.iter().any(|k| k == s.key()))
+                })
+                .collect();
+            let len = order.len().max(1);
             order.rotate_left(round % len);
             for server in order {
                 let target = &targets[&server];
