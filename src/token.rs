@@ -21,6 +21,7 @@ pub(crate) const TAG_BYTES: usize = 6;
 const SECRET_BYTES: usize = 32;
 const TAG_CHARS: usize = 8; // base64url of 6 bytes, no padding
 const SECRET_CHARS: usize = 43; // base64url of 32 bytes, no padding
+const HASH_CHARS: usize = 43; // base64url of a SHA-256, no padding
 /// Length of a token's text form: tag, '.', secret.
 pub const TOKEN_LEN: usize = TAG_CHARS + 1 + SECRET_CHARS;
 
@@ -35,9 +36,9 @@ impl Tag {
         Ok(Tag(tag))
     }
 
-    /// The tag as it appears in tokens and Redis keys.
-    pub(crate) fn encode(&self) -> String {
-        URL_SAFE_NO_PAD.encode(self.0)
+    /// Appends the tag as it appears in tokens and Redis keys.
+    fn encode_into(&self, out: &mut String) {
+        URL_SAFE_NO_PAD.encode_string(self.0, out);
     }
 }
 
@@ -183,7 +184,13 @@ impl SessionId {
 
 impl fmt::Display for SessionId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&URL_SAFE_NO_PAD.encode(self.0))
+        let mut out = [0u8; HASH_CHARS];
+        // The length is fixed, so encoding into the exact slice cannot fail;
+        // still, no panic on a path a request reaches.
+        match URL_SAFE_NO_PAD.encode_slice(self.0, &mut out) {
+            Ok(HASH_CHARS) => f.write_str(std::str::from_utf8(&out).map_err(|_| fmt::Error)?),
+            _ => Err(fmt::Error),
+        }
     }
 }
 
@@ -209,12 +216,26 @@ impl KeySpace {
 
     /// `<prefix>{<tag>}:s:<id>`
     pub(crate) fn session(&self, tag: Tag, id: &SessionId) -> String {
-        format!("{}{{{}}}:s:{}", self.prefix, tag.encode(), id)
+        self.key(tag, ":s:", &id.0)
     }
 
-    /// `<prefix>{<tag>}:u:<user hash>`
-    pub(crate) fn user_index(&self, tag: Tag, user_hash: &str) -> String {
-        format!("{}{{{}}}:u:{}", self.prefix, tag.encode(), user_hash)
+    /// `<prefix>{<tag>}:u:<user hash>`, the hash in base64url.
+    pub(crate) fn user_index(&self, tag: Tag, user_hash: &[u8; 32]) -> String {
+        self.key(tag, ":u:", user_hash)
+    }
+
+    /// `<prefix>{<tag>}<kind><base64url of hash>`, built in one allocation of
+    /// the exact size (every store call names a key or two).
+    fn key(&self, tag: Tag, kind: &str, hash: &[u8; 32]) -> String {
+        let mut key =
+            String::with_capacity(self.prefix.len() + TAG_CHARS + 2 + kind.len() + HASH_CHARS);
+        key.push_str(&self.prefix);
+        key.push('{');
+        tag.encode_into(&mut key);
+        key.push('}');
+        key.push_str(kind);
+        URL_SAFE_NO_PAD.encode_string(hash, &mut key);
+        key
     }
 
     /// The session id at the end of a session key name (as listed by Redis).
@@ -280,7 +301,11 @@ mod tests {
         let token = Token::generate(Tag([0; TAG_BYTES])).unwrap();
         let keys = KeySpace::new("app:");
         let key = keys.session(token.tag(), &token.id());
-        assert!(key.starts_with("app:{AAAAAAAA}:s:"));
+        assert_eq!(key, format!("app:{{AAAAAAAA}}:s:{}", token.id()));
+        assert_eq!(key.len(), key.capacity());
         assert_eq!(keys.id_of(&key), Some(token.id()));
+        let index = keys.user_index(Tag([0xff; TAG_BYTES]), &[0; 32]);
+        assert_eq!(index, format!("app:{{________}}:u:{}", "A".repeat(43)));
+        assert_eq!(index.len(), index.capacity());
     }
 }

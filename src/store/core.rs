@@ -273,10 +273,9 @@ impl<B: Backend> Core<B> {
                 max: self.codec.max_sealed(),
             });
         }
-        let nonce = format!(
-            "{:016x}{:x}",
+        let nonce = nonce(
             self.nonce_base,
-            self.nonce_next.fetch_add(1, Ordering::Relaxed)
+            self.nonce_next.fetch_add(1, Ordering::Relaxed),
         );
         Ok(Sealed {
             key,
@@ -360,6 +359,17 @@ impl<B: Backend> Core<B> {
     }
 }
 
+/// A save's nonce: the store's random base and a counter, 32 hex digits
+/// (what `format!("{base:016x}{count:016x}")` gives, without its machinery).
+fn nonce(base: u64, count: u64) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let digits = (u128::from(base) << 64) | u128::from(count);
+    (0..32)
+        .rev()
+        .map(|i| char::from(HEX[((digits >> (4 * i)) & 0xf) as usize]))
+        .collect()
+}
+
 /// Implements [`SessionStore`](crate::SessionStore) for a type with a
 /// `core: Core<_>` field.
 macro_rules! delegate_store {
@@ -424,3 +434,18 @@ macro_rules! delegate_store {
     };
 }
 pub(crate) use delegate_store;
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn nonces_are_fixed_width_hex() {
+        assert_eq!(super::nonce(0, 0), "0".repeat(32));
+        let n = super::nonce(0x0123_4567_89ab_cdef, 0xfe);
+        assert_eq!(
+            n,
+            format!("{:016x}{:016x}", 0x0123_4567_89ab_cdef_u64, 0xfe)
+        );
+        assert_eq!(n.len(), n.capacity());
+        assert_ne!(super::nonce(1, 2), super::nonce(2, 1));
+    }
+}

@@ -159,10 +159,14 @@ impl Connections {
         // One wait budget per call, however many things it waits for (a
         // place in flight, its slot's lease, a pooled connection).
         let waited = tokio::time::Instant::now() + self.timeouts.wait;
-        let _permit = match tokio::time::timeout_at(waited, self.in_flight.acquire()).await {
-            Ok(Ok(permit)) => permit,
-            // The semaphore is never closed; treat it as saturation if it were.
-            Ok(Err(_)) | Err(_) => return Err(CallError::PoolTimeout),
+        // A free place is taken without arming a timer.
+        let _permit = match self.in_flight.try_acquire() {
+            Ok(permit) => permit,
+            Err(_) => match tokio::time::timeout_at(waited, self.in_flight.acquire()).await {
+                Ok(Ok(permit)) => permit,
+                // The semaphore is never closed; treat it as saturation if it were.
+                Ok(Err(_)) | Err(_) => return Err(CallError::PoolTimeout),
+            },
         };
         let slot = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
         let mut attempts = 0;

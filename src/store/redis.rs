@@ -332,10 +332,42 @@ fn is_unavailable(e: &RedisError) -> bool {
         )
 }
 
-fn fcall(name: &str, keys: &[&str]) -> Cmd {
-    let mut cmd = redis::cmd("FCALL");
-    cmd.arg(name).arg(keys.len()).arg(keys);
+/// `FCALL name numkeys keys...`, sized for `args` more arguments of about
+/// `data` bytes in all, so that adding them does not grow the buffers.
+fn fcall(name: &str, keys: &[&str], args: usize, data: usize) -> Cmd {
+    let keys_len: usize = keys.iter().map(|k| k.len()).sum();
+    let mut cmd = Cmd::with_capacity(3 + keys.len() + args, 5 + name.len() + 1 + keys_len + data);
+    cmd.arg("FCALL").arg(name).arg(keys.len()).arg(keys);
     cmd
+}
+
+/// Room for a decimal u64 argument.
+const NUM: usize = 20;
+
+/// `{version, blob, last seen}` or nil. The blob is moved out of the reply,
+/// not copied.
+fn parse_load(reply: Value) -> Option<Option<Raw>> {
+    let items = match reply {
+        Value::Nil => return Some(None),
+        Value::Array(items) => items,
+        _ => return None,
+    };
+    let mut items = items.into_iter();
+    let version = u64::from_redis_value(items.next()?).ok()?;
+    let Value::BulkString(blob) = items.next()? else {
+        return None;
+    };
+    let last_seen = u64::from_redis_value(items.next()?).ok()?;
+    Some(Some(Raw {
+        version,
+        blob,
+        last_seen,
+    }))
+}
+
+/// The number and total size of the arguments [`RedisBackend::write`] adds.
+fn write_size(w: &Write<'_>) -> (usize, usize) {
+    (7, 4 * NUM + w.blob.len() + w.kind.len() + w.nonce.len())
 }
 
 /// `{'saved', v}`, `{'conflict', v, blob, last seen}`, `{'gone'}` or
@@ -366,34 +398,33 @@ fn unexpected(what: &'static str) -> StoreError {
 
 impl Backend for RedisBackend {
     async fn load(&self, key: &str, now: Millis, touch: u64) -> Result<Option<Raw>, StoreError> {
-        let mut cmd = fcall(&self.library.load, &[key]);
+        let mut cmd = fcall(&self.library.load, &[key], 2, 2 * NUM);
         cmd.arg(now).arg(touch);
-        let reply: Option<(u64, Vec<u8>, u64)> = self.fcall(cmd).await?;
-        Ok(reply.map(|(version, blob, last_seen)| Raw {
-            version,
-            blob,
-            last_seen,
-        }))
+        let reply: Value = self.fcall(cmd).await?;
+        parse_load(reply)
+            .ok_or_else(|| unexpected("unexpected reply from the session load function"))
     }
 
     async fn save(&self, w: Write<'_>) -> Result<RawSave, StoreError> {
+        let (args, data) = write_size(&w);
         let cmd = match w.index {
-            Some(index) => fcall(&self.library.save, &[w.key, index]),
-            None => fcall(&self.library.save, &[w.key]),
+            Some(index) => fcall(&self.library.save, &[w.key, index], args, data),
+            None => fcall(&self.library.save, &[w.key], args, data),
         };
         self.write(cmd, &w).await
     }
 
     async fn rotate(&self, old: &str, w: Write<'_>) -> Result<RawSave, StoreError> {
+        let (args, data) = write_size(&w);
         let cmd = match w.index {
-            Some(index) => fcall(&self.library.rotate, &[old, w.key, index]),
-            None => fcall(&self.library.rotate, &[old, w.key]),
+            Some(index) => fcall(&self.library.rotate, &[old, w.key, index], args, data),
+            None => fcall(&self.library.rotate, &[old, w.key], args, data),
         };
         self.write(cmd, &w).await
     }
 
     async fn delete(&self, key: &str, owner: Option<&str>) -> Result<bool, StoreError> {
-        let mut cmd = fcall(&self.library.delete, &[key]);
+        let mut cmd = fcall(&self.library.delete, &[key], 1, owner.map_or(0, str::len));
         cmd.arg(owner.unwrap_or(""));
         let deleted: u64 = self.fcall(cmd).await?;
         Ok(deleted > 0)
@@ -406,7 +437,7 @@ impl Backend for RedisBackend {
         kind: Option<&str>,
         limit: usize,
     ) -> Result<Vec<(String, Raw)>, StoreError> {
-        let mut cmd = fcall(&self.library.list, &[index]);
+        let mut cmd = fcall(&self.library.list, &[index], 3, 3 * NUM);
         cmd.arg(now).arg(kind.unwrap_or("")).arg(limit);
         let rows: Vec<(String, u64, Vec<u8>, u64)> = self.fcall(cmd).await?;
         Ok(rows
@@ -431,7 +462,12 @@ impl Backend for RedisBackend {
         kind: Option<&str>,
         keep: Option<&str>,
     ) -> Result<u64, StoreError> {
-        let mut cmd = fcall(&self.library.revoke, &[index]);
+        let mut cmd = fcall(
+            &self.library.revoke,
+            &[index],
+            3,
+            2 * NUM + keep.map_or(0, str::len),
+        );
         cmd.arg(now).arg(kind.unwrap_or("")).arg(keep.unwrap_or(""));
         self.fcall(cmd).await
     }
