@@ -153,7 +153,7 @@ end
 -- The reply to a save or rotation that met another version: the stored
 -- record, so the caller merges without a read. The blob is read only here.
 local function conflict(key, version, seen)
-  return {'conflict', version, redis.call('HGET', key, 'b'), seen}
+  return {'conflict', version, redis.call('HGET', key, 'b'), tonumber(seen)}
 end
 
 -- The fields save and rotate read: {v, s, i, a, x, w}, without the blob.
@@ -203,21 +203,22 @@ a session in use never reaches its idle deadline.
 local function load(keys, args)
   local key = keys[1]
   -- The common case (no touch due) reads one hash and answers with the
-  -- table it got, cut to three fields; the index name is read only to touch.
+  -- table it got, cut to three fields (version and last seen as integers);
+  -- the index name is read only to touch.
   local f = redis.call('HMGET', key, 'v', 'b', 's', 'i', 'a')
   if not f[1] then return nil end
   local now = tonumber(args[1])
   local seen, idle, absolute = tonumber(f[3]), tonumber(f[4]), tonumber(f[5])
   local d = deadline(seen, idle, absolute)
   if d <= now then return nil end
-  f[4] = nil -- the reply ends at the first nil: {v, b, s}
+  f[1], f[3], f[4] = tonumber(f[1]), seen, nil -- the reply ends at the first nil
   if idle > 0 then
     local due = math.floor(idle / 2)
     local touch = tonumber(args[2])
     if touch < due then due = touch end
     if now - seen >= due then
       redis.call('HSET', key, 's', args[1])
-      f[3] = args[1]
+      f[3] = now
       local moved = deadline(now, idle, absolute)
       -- Capped by the absolute deadline, the deadline may stay where it is:
       -- then so do the key's expiry and the index score.
