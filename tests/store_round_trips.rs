@@ -192,6 +192,18 @@ async fn every_operation_is_one_round_trip(
         .await;
     assert!(matches!(conflict.unwrap(), SaveOutcome::Conflict(ref r) if r.version == 2));
 
+    // cycle_id's move to a new token of the same slot: one call too.
+    let renewed = token.renew().unwrap();
+    let mut moved = update.clone();
+    moved.id = renewed.id();
+    moved.version = 2;
+    let (rotated, _) = probe
+        .one_round_trip("rotate", store.rotate(&token, &renewed, &moved))
+        .await;
+    assert_eq!(rotated.unwrap(), SaveOutcome::Saved { version: 3 });
+    let token = renewed;
+    assert!(store.load(&token).await.unwrap().is_some());
+
     let other = store.new_token(Some(user)).unwrap();
     let other_record = record(&other, Some(user), store.now());
     store.save(&other, &other_record).await.unwrap();
