@@ -431,16 +431,14 @@ fn stored_version(server: &RedisServer, prefix: &str, browser: &Browser) -> Stri
     server.cmd(&["HGET", &key, "v"])
 }
 
-/// Redis executes a save, then the connection drops before its reply
-/// arrives (as when Redis dies right after a write): the store sends the
-/// save once more over a new connection, the library recognises its own
-/// write by the save's nonce, and the increment is acknowledged and
-/// applied exactly once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn lost_reply_to_a_save_is_retried_and_applied_once() {
+/// A private Redis behind a [`LossyProxy`], a one-connection store through
+/// the proxy, and the demo served on that store.
+async fn behind_lossy_proxy(
+    name: &str,
+) -> (RedisServer, LossyProxy, String, Arc<RedisStore>, Server) {
     let server = RedisServer::start();
     let proxy = LossyProxy::start(server.port()).await;
-    let prefix = http::unique_prefix("lost");
+    let prefix = http::unique_prefix(name);
     let store = Arc::new(
         FAST.builder(http::config(&prefix))
             .pool_size(1)
@@ -449,6 +447,17 @@ async fn lost_reply_to_a_save_is_retried_and_applied_once() {
             .unwrap(),
     );
     let web = Server::start(demo_on(&store)).await;
+    (server, proxy, prefix, store, web)
+}
+
+/// Redis executes a save, then the connection drops before its reply
+/// arrives (as when Redis dies right after a write): the store sends the
+/// save once more over a new connection, the library recognises its own
+/// write by the save's nonce, and the increment is acknowledged and
+/// applied exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_reply_to_a_save_is_retried_and_applied_once() {
+    let (server, proxy, prefix, store, web) = behind_lossy_proxy("lost").await;
     let a = Browser::new(&web);
     assert_eq!(incr(&a).await, (200, Some(1)));
     let save = format!("{}_save", store.library_name());
@@ -474,17 +483,7 @@ async fn lost_reply_to_a_save_is_retried_and_applied_once() {
 /// right after executing a save); an acknowledged write is never lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_reply_with_redis_unreachable_is_a_503_of_unknown_outcome() {
-    let server = RedisServer::start();
-    let proxy = LossyProxy::start(server.port()).await;
-    let prefix = http::unique_prefix("unknown");
-    let store = Arc::new(
-        FAST.builder(http::config(&prefix))
-            .pool_size(1)
-            .connect(&proxy.url())
-            .await
-            .unwrap(),
-    );
-    let web = Server::start(demo_on(&store)).await;
+    let (server, proxy, prefix, store, web) = behind_lossy_proxy("unknown").await;
     let a = Browser::new(&web);
     assert_eq!(incr(&a).await, (200, Some(1)));
     proxy.lose_reply_to(&format!("{}_save", store.library_name()), 100);
