@@ -40,6 +40,12 @@ pub enum SessionError {
     /// often as the retry policy allows, and gave up.
     #[error("the session kept changing under concurrent requests; gave up after {0} attempts")]
     Busy(u32),
+    /// The session ended (logged out, revoked or expired) while this request
+    /// was using it, so what the request did to it was not stored: for
+    /// instance a login from a session that another request logged out or
+    /// revoked meanwhile. The response clears the client's token (409).
+    #[error("the session ended while this request was using it; nothing was stored")]
+    Ended,
     /// The operation needs a logged-in session.
     #[error("the session has no user")]
     NotLoggedIn,
@@ -56,6 +62,7 @@ impl SessionError {
             SessionError::Store(e) if e.is_unavailable() => StatusCode::SERVICE_UNAVAILABLE,
             SessionError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             SessionError::NotLoggedIn => StatusCode::UNAUTHORIZED,
+            SessionError::Ended => StatusCode::CONFLICT,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -71,6 +78,9 @@ impl SessionError {
         match self.status() {
             StatusCode::SERVICE_UNAVAILABLE => "session store unavailable, try again\n",
             StatusCode::UNAUTHORIZED => "not logged in\n",
+            StatusCode::CONFLICT => {
+                "the session ended while this request ran; nothing was stored\n"
+            }
             _ => "session error\n",
         }
     }

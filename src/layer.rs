@@ -47,7 +47,8 @@ use http::{HeaderName, Request, Response};
 use pin_project::pin_project;
 use tower::{Layer, Service};
 
-use crate::session::{Policy, RetryPolicy, Session};
+use crate::error::SessionError;
+use crate::session::{Policy, RetryPolicy, Session, TokenUpdate};
 use crate::store::SessionStore;
 use crate::transport::Transport;
 
@@ -304,6 +305,13 @@ async fn finish<B: From<&'static str>>(
             response
         }
         Ok(None) => response,
-        Err(error) => error.to_response(),
+        Err(error) => {
+            let mut response = error.to_response();
+            if let SessionError::Ended = error {
+                // The client's token opens nothing any more.
+                config.0.write(response.headers_mut(), &TokenUpdate::Clear);
+            }
+            response
+        }
     }
 }

@@ -61,6 +61,12 @@ impl Record {
         }
     }
 
+    /// Whether a store holds this record: a save returned its version.
+    /// Version 0 is a session created by this request and not saved yet.
+    pub fn is_stored(&self) -> bool {
+        self.version > 0
+    }
+
     /// When the session ends unless seen again: the earlier of the idle and
     /// the absolute deadline; `None` if it has neither.
     pub fn deadline(&self) -> Option<Millis> {

@@ -29,12 +29,16 @@ async fn fixation(backend: Backend) {
     let invented = invented_token(7);
     browser.set_token(&invented);
 
-    // Reading with it: no session, and nothing is set.
+    // Reading with it: no session, and the client is told to drop the token
+    // (else every later request would cost a store call for nothing).
     let response = browser.get("/api/session").await;
     assert_eq!(response.status(), 200);
-    assert_eq!(session_cookie(&response, "session"), None);
+    let cleared = session_cookie(&response, "session").expect("a dead token is cleared");
+    assert_eq!(cleared.value(), "");
     let body: Value = response.json().await.unwrap();
     assert_eq!(body, json!({ "user": null, "data": {} }));
+    assert_eq!(browser.token(), None);
+    browser.set_token(&invented);
 
     // Writing with it: a new session under a token of the server's choosing.
     let response = browser.post("/api/incr/x").await;
@@ -61,9 +65,14 @@ async fn fixation(backend: Backend) {
         assert!(keys.contains(&http::session_key(&prefix, issued.value())));
     }
 
-    // Every login issues a new token; the values follow, the old token dies.
+    // Every login issues a new token; the values follow from an anonymous
+    // session and to the same user, not to another user; the old token dies.
     let mut previous = issued.value().to_owned();
-    for user in ["alice", "alice", "bob"] {
+    for (user, data) in [
+        ("alice", json!({ "x": 1 })),
+        ("alice", json!({ "x": 1 })),
+        ("bob", json!({})),
+    ] {
         let response = browser
             .post_json("/api/login", json!({ "user": user }))
             .await;
@@ -72,7 +81,7 @@ async fn fixation(backend: Backend) {
         assert_ne!(new.value(), previous, "login as {user} rotates the token");
         assert_eq!(
             browser.session().await,
-            json!({ "user": user, "data": { "x": 1 } })
+            json!({ "user": user, "data": data })
         );
         let (_, old) =
             http::session_with_cookie(&bare_client(), &server, &format!("session={previous}"))

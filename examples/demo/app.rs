@@ -147,6 +147,10 @@ async fn api_login(session: Session, Json(login): Json<Login>) -> Result<Json<Va
     let user = valid_user(&login.user)?;
     // A real application checks a password here.
     session.login(user).await?;
+    // Store the new session now, so that the answer is the truth: a login
+    // from a session that another request logged out or revoked meanwhile
+    // fails (409) instead of carrying it on.
+    session.save().await?;
     Ok(Json(json!({ "user": user })))
 }
 

@@ -25,6 +25,11 @@
 //! - `SESSION_SECRET`: at least 32 bytes, the key that seals sessions. When
 //!   unset, a random one (sessions then do not survive a restart).
 //! - `COOKIE_SECURE=1`: mark the cookie `Secure`, for a demo behind TLS.
+//! - `SESSION_IDLE_MS`, `SESSION_LIFETIME_MS`: the idle timeout and the
+//!   absolute lifetime of new sessions, in ms (0 = none; defaults: the
+//!   layer's, 24 hours and 30 days).
+//! - `SESSION_TOUCH_MS`: the store's touch interval (default 60 s).
+//! - `RUST_LOG`: what to log (an `EnvFilter`, default `info`).
 //!
 //! Ctrl-C or SIGTERM stops it gracefully.
 
@@ -51,6 +56,10 @@ const GRACE: Duration = Duration::from_secs(10);
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
         .init();
     match run().await {
         Ok(()) => ExitCode::SUCCESS,
@@ -62,8 +71,15 @@ async fn main() -> ExitCode {
 }
 
 async fn run() -> Result<(), BoxError> {
-    let config = StoreConfig::new(keyring()?);
-    let secure = cookie_secure()?;
+    let mut config = StoreConfig::new(keyring()?);
+    if let Some(touch) = millis_var("SESSION_TOUCH_MS")? {
+        config = config.touch_interval(Duration::from_millis(touch));
+    }
+    let settings = Settings {
+        secure: cookie_secure()?,
+        idle: millis_var("SESSION_IDLE_MS")?,
+        lifetime: millis_var("SESSION_LIFETIME_MS")?,
+    };
     let bind = env("BIND").unwrap_or_else(|| "127.0.0.1:3000".to_owned());
 
     // Kept alive until `run` returns; dropping it stops the redis-server.
@@ -71,7 +87,7 @@ async fn run() -> Result<(), BoxError> {
     let router = if let Some(url) = env("REDIS_URL") {
         let store = RedisStore::connect(&url, config).await?;
         banner(&format!("Redis at {}", redact(&url)));
-        with_layer(store, secure)
+        with_layer(store, &settings)
     } else if let Some(urls) = env("REDIS_CLUSTER_URLS") {
         let urls: Vec<String> = urls
             .split(',')
@@ -84,7 +100,7 @@ async fn run() -> Result<(), BoxError> {
             .await?;
         let shown: Vec<String> = urls.iter().map(|u| redact(u)).collect();
         banner(&format!("Redis Cluster at {}", shown.join(", ")));
-        with_layer(store, secure)
+        with_layer(store, &settings)
     } else if let Some(server) = Throwaway::start()? {
         let url = server.url();
         // Assigned before connecting, so the server is stopped if that fails.
@@ -95,13 +111,13 @@ async fn run() -> Result<(), BoxError> {
             "a throwaway redis-server at {url} (pid {pid}, no persistence, stopped on exit); \
              set REDIS_URL or REDIS_CLUSTER_URLS to use your own"
         ));
-        with_layer(store, secure)
+        with_layer(store, &settings)
     } else {
         banner(
             "MEMORY (no redis-server on PATH and neither REDIS_URL nor REDIS_CLUSTER_URLS set): \
              sessions vanish when the demo exits",
         );
-        with_layer(MemoryStore::new(config), secure)
+        with_layer(MemoryStore::new(config), &settings)
     };
 
     let listener = TcpListener::bind(&bind)
@@ -137,14 +153,41 @@ async fn run() -> Result<(), BoxError> {
     Ok(())
 }
 
-fn with_layer<S: SessionStore>(store: S, secure: bool) -> Router {
+/// The layer's settings the environment chose.
+struct Settings {
+    secure: bool,
+    /// ms; `Some(0)` = none, `None` = the layer's default.
+    idle: Option<u64>,
+    lifetime: Option<u64>,
+}
+
+fn with_layer<S: SessionStore>(store: S, settings: &Settings) -> Router {
     // The demo serves plain http://, and clients other than browsers on
     // localhost (curl, Python requests, reqwest) do not send a `Secure`
     // cookie back over plain HTTP: with the default `Secure` cookie every
     // request would start a new session. So it is off here, and
     // COOKIE_SECURE=1 turns it back on behind TLS. Everything else keeps the
-    // layer's defaults.
-    app::app(SessionLayer::new(store).secure(secure))
+    // layer's defaults unless the environment says otherwise.
+    let mut layer = SessionLayer::new(store).secure(settings.secure);
+    let duration = |ms: u64| (ms > 0).then(|| Duration::from_millis(ms));
+    if let Some(idle) = settings.idle {
+        layer = layer.idle_timeout(duration(idle));
+    }
+    if let Some(lifetime) = settings.lifetime {
+        layer = layer.lifetime(duration(lifetime));
+    }
+    app::app(layer)
+}
+
+/// A non-negative integer from the environment, if set.
+fn millis_var(name: &str) -> Result<Option<u64>, BoxError> {
+    env(name)
+        .map(|v| {
+            v.trim()
+                .parse::<u64>()
+                .map_err(|_| format!("{name} must be a whole number, not {v:?}").into())
+        })
+        .transpose()
 }
 
 /// A non-empty environment variable.

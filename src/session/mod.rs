@@ -234,12 +234,15 @@ impl Session {
         Ok(state.current.as_ref().and_then(|c| c.record.user.clone()))
     }
 
-    /// The session's kind (`"web"`, `"api"`, ...); `None` if there is no
-    /// session yet. New sessions get the layer's
+    /// The session's kind (`"web"`, `"api"`, ...). A session not created
+    /// yet has the kind it will be created with: the layer's
     /// [`kind`](crate::SessionLayer::kind).
-    pub async fn kind(&self) -> Result<Option<String>, SessionError> {
+    pub async fn kind(&self) -> Result<String, SessionError> {
         let state = self.loaded().await?;
-        Ok(state.current.as_ref().map(|c| c.record.kind.clone()))
+        Ok(match state.current.as_ref() {
+            Some(c) => c.record.kind.clone(),
+            None => self.inner.policy.kind.clone(),
+        })
     }
 
     /// A copy of the whole record (user, kind, times, deadlines, values);
@@ -249,12 +252,25 @@ impl Session {
         Ok(state.current.as_ref().map(|c| c.record.clone()))
     }
 
-    /// Binds the session to `user` under a new token, keeping its values.
+    /// Binds the session to `user` under a new token.
     ///
     /// The new token carries the user's routing tag and replaces the
-    /// client's, which also defeats session fixation. The old session is
-    /// deleted once the new one is saved (its hash slot differs from the
-    /// user's when it was anonymous, so that is a second call).
+    /// client's, which also defeats session fixation. Values:
+    ///
+    /// - from an anonymous session, or a session of the same user, they are
+    ///   kept (a cart survives signing in);
+    /// - from a session of another user, they are not: the new user starts
+    ///   with an empty session.
+    ///
+    /// The new session is stored when the response is ready (or at
+    /// [`save`](Session::save)), then the old one is deleted with a
+    /// compare-and-delete (its hash slot differs from the user's when it was
+    /// anonymous, so that is a second call). If another request changed the
+    /// old session meanwhile, its newer values are carried into the new one
+    /// first; if another request ended it meanwhile (logout, revocation),
+    /// the new session is deleted too and the save fails with
+    /// [`SessionError::Ended`]: an ended session never lives on under a new
+    /// token.
     pub async fn login(&self, user: impl Into<String>) -> Result<(), SessionError> {
         let mut state = self.state().await;
         state
@@ -313,7 +329,7 @@ impl Session {
     /// writes find them gone and are not saved.
     pub async fn revoke_others(&self) -> Result<u64, SessionError> {
         let state = self.loaded().await?;
-        let current = state.current.as_ref().filter(|c| c.record.version > 0);
+        let current = state.current.as_ref().filter(|c| c.record.is_stored());
         let user = state
             .current
             .as_ref()

@@ -1,5 +1,29 @@
 //! A request's view of its session, the changes it made, and how they are
 //! saved: compare-and-set, merge on conflict, never revive.
+//!
+//! The request's session is a small state machine:
+//!
+//! - [`Load`]: the client's token waits until the first access loads it
+//!   (`Pending`), then the session is known (`Done`): at most one load per
+//!   request.
+//! - [`Pending`] on the current session: nothing to save (`Clean`), changes
+//!   to save (`Dirty`), or changes to save under a new token (`Move`,
+//!   `cycle_id`).
+//! - [`Replaced`]: after a login, the session the new one replaces; it is
+//!   retired (compare-and-delete) once the new one is stored.
+//! - [`Held`]: what the client holds (no token, a token, or a token whose
+//!   cookie carries a known deadline). The answer to the client
+//!   ([`TokenUpdate`]) is derived from it at the end, never tracked by flags:
+//!   the token is sent whenever the client's token or deadline is not the
+//!   current one, and cleared when the client holds a token that opens
+//!   nothing any more.
+//!
+//! Two rules are the crate's core, and each lives in one place:
+//!
+//! - **merge, never overwrite** ([`State::merge`]): a save that meets a newer
+//!   version re-applies this request's changes onto it;
+//! - **never revive** ([`State::gone`]): a session found deleted, revoked or
+//!   expired stays so; a login from it fails rather than carry it on.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,7 +32,7 @@ use ciborium::Value;
 
 use crate::error::SessionError;
 use crate::record::{Millis, Record, millis};
-use crate::store::{SaveOutcome, SessionStore, StoreError};
+use crate::store::{RetireOutcome, SaveOutcome, SessionStore, StoreError};
 use crate::token::Token;
 
 /// How a new session is made and how saves retry; set on the layer.
@@ -89,14 +113,48 @@ impl Change {
     }
 }
 
+/// The client's session, before and after the first access loads it.
+enum Load {
+    /// Not loaded yet: the client's token, if it sent one.
+    Pending(Option<Token>),
+    Done,
+}
+
+/// What the current session has to save.
+enum Pending {
+    Clean,
+    Dirty,
+    /// Dirty, and to be moved to this token by the save (`cycle_id`).
+    Move(Token),
+}
+
 /// The session as this request sees it.
 pub(crate) struct Current {
     pub(crate) token: Token,
     pub(crate) record: Record,
-    /// Changed since it was loaded or last saved.
-    pub(crate) dirty: bool,
-    /// The token to move the session to at the next save (`cycle_id`).
-    pub(crate) renew: Option<Token>,
+    pending: Pending,
+}
+
+/// What the client holds, as far as this request knows.
+#[derive(PartialEq)]
+enum Held {
+    /// No token.
+    Nothing,
+    /// A token, whose cookie's deadline is unknown (the token was not loaded
+    /// yet, opens nothing, or its deadline moved when it was loaded).
+    Token(Token),
+    /// A token, with the deadline its cookie was given.
+    Session(Token, Option<Millis>),
+}
+
+/// The session a login replaced: retired once the new one is stored.
+struct Replaced {
+    token: Token,
+    /// Its lock version as this request last saw it.
+    version: u64,
+    /// Whether its values were carried into the new session (anonymous, or
+    /// the same user): then a concurrent write to it is carried too.
+    carried: bool,
 }
 
 /// What the response has to tell the client about its token.
@@ -109,35 +167,25 @@ pub(crate) enum TokenUpdate {
 }
 
 pub(crate) struct State {
-    /// The client's token, until the first access loads it.
-    pub(crate) incoming: Option<Token>,
-    pub(crate) loaded: bool,
+    load: Load,
+    held: Held,
     pub(crate) current: Option<Current>,
     /// Changes to `current` since it was loaded or last saved.
-    pub(crate) changes: Vec<Change>,
-    /// A session to delete once the one replacing it is saved (login,
-    /// cycle_id): create first, then delete, so a failure never leaves the
-    /// client without a session.
-    pub(crate) retire: Option<Token>,
-    /// The load moved the idle deadline: the client's cookie needs the new one.
-    pub(crate) extended: bool,
-    /// A token not yet sent to the client was saved.
-    pub(crate) issued: bool,
-    /// The client's session ended here (logout, or found gone).
-    pub(crate) ended: bool,
+    changes: Vec<Change>,
+    replaced: Option<Replaced>,
 }
 
 impl State {
     pub(crate) fn new(incoming: Option<Token>) -> State {
         State {
-            loaded: incoming.is_none(),
-            incoming,
+            held: match &incoming {
+                Some(token) => Held::Token(token.clone()),
+                None => Held::Nothing,
+            },
+            load: Load::Pending(incoming),
             current: None,
             changes: Vec::new(),
-            retire: None,
-            extended: false,
-            issued: false,
-            ended: false,
+            replaced: None,
         }
     }
 
@@ -145,38 +193,41 @@ impl State {
     /// request. An unknown or expired token leaves no session; the client's
     /// token is never adopted for a new one.
     pub(crate) async fn load(&mut self, store: &dyn SessionStore) -> Result<(), SessionError> {
-        if self.loaded {
+        let Load::Pending(incoming) = &mut self.load else {
             return Ok(());
-        }
-        let Some(token) = self.incoming.take() else {
-            self.loaded = true;
+        };
+        let Some(token) = incoming.take() else {
+            self.load = Load::Done;
             return Ok(());
         };
         let before = store.now();
         match store.load(&token).await {
             Ok(record) => {
-                self.loaded = true;
+                self.load = Load::Done;
                 if let Some(record) = record {
-                    self.extended = record.idle_timeout.is_some() && record.last_seen >= before;
+                    // A load that moved the idle deadline: the cookie's is stale.
+                    let extended = record.idle_timeout.is_some() && record.last_seen >= before;
+                    if !extended {
+                        self.held = Held::Session(token.clone(), record.deadline());
+                    }
                     self.current = Some(Current {
                         token,
                         record,
-                        dirty: false,
-                        renew: None,
+                        pending: Pending::Clean,
                     });
                 }
                 Ok(())
             }
             Err(e) => {
                 // Keep the token: a later access may try again.
-                self.incoming = Some(token);
+                self.load = Load::Pending(Some(token));
                 Err(e.into())
             }
         }
     }
 
     /// The session to write to, created if there is none.
-    pub(crate) async fn writable(
+    async fn writable(
         &mut self,
         store: &dyn SessionStore,
         policy: &Policy,
@@ -186,12 +237,10 @@ impl State {
             Some(current) => current,
             None => {
                 let token = store.new_token(None)?;
-                let record = new_record(store, policy, &token, None);
                 Current {
+                    record: new_record(store, policy, &token, None),
                     token,
-                    record,
-                    dirty: true,
-                    renew: None,
+                    pending: Pending::Dirty,
                 }
             }
         };
@@ -208,14 +257,20 @@ impl State {
     ) -> Result<(), SessionError> {
         let current = self.writable(store, policy).await?;
         change.apply(&mut current.record)?;
-        current.dirty = true;
+        if let Pending::Clean = current.pending {
+            current.pending = Pending::Dirty;
+        }
         self.changes.push(change);
         Ok(())
     }
 
-    /// Replaces the session by a new one for `user` under the user's token,
-    /// keeping its values: the old one is deleted after the new one is saved
-    /// (it may live in another hash slot, so this cannot be one call).
+    /// Replaces the session by a new one for `user` under the user's token.
+    ///
+    /// The values of an anonymous session, or of a session of the same user,
+    /// are carried over (a cart survives signing in); a session of another
+    /// user is not (the new user starts empty). The new session is stored
+    /// first and the old one retired after it (they live in different hash
+    /// slots, so this cannot be one call): see [`commit`](State::commit).
     pub(crate) async fn login(
         &mut self,
         store: &dyn SessionStore,
@@ -225,116 +280,192 @@ impl State {
         self.load(store).await?;
         let token = store.new_token(Some(&user))?;
         let mut record = new_record(store, policy, &token, Some(user));
-        if let Some(old) = self.current.take() {
-            record.data = old.record.data;
-            if old.record.version > 0 && self.retire.is_none() {
-                self.retire = Some(old.token);
+        let carried = match self.current.take() {
+            Some(old) => {
+                let carried = old.record.user.is_none() || old.record.user == record.user;
+                let stored = old.record.is_stored();
+                if carried {
+                    record.data = old.record.data;
+                }
+                if stored {
+                    self.replaced = Some(Replaced {
+                        token: old.token,
+                        version: old.record.version,
+                        carried,
+                    });
+                } else if let Some(replaced) = self.replaced.as_mut() {
+                    // A second login in one request: the session the first
+                    // one replaced is still to retire.
+                    replaced.carried &= carried;
+                }
+                carried
             }
+            None => true,
+        };
+        if !carried {
+            // Nothing of the other user's session comes along.
+            self.changes.clear();
         }
         self.current = Some(Current {
             token,
             record,
-            dirty: true,
-            renew: None,
+            pending: Pending::Dirty,
         });
-        // A new session cannot meet a concurrent writer: nothing to merge.
-        self.changes.clear();
         Ok(())
     }
 
     /// Ends the session now: deleted in the store, forgotten here.
     pub(crate) async fn end(&mut self, store: &dyn SessionStore) -> Result<(), SessionError> {
         let stored = match self.current.take() {
-            Some(current) if current.record.version > 0 => Some(current.token),
-            _ => self.incoming.take(),
+            Some(current) if current.record.is_stored() => Some(current.token),
+            _ => match std::mem::replace(&mut self.load, Load::Done) {
+                Load::Pending(token) => token,
+                Load::Done => None,
+            },
         };
-        for token in stored.iter().chain(self.retire.iter()) {
+        let replaced = self.replaced.take().map(|r| r.token);
+        for token in stored.iter().chain(replaced.iter()) {
             store.delete(token).await?;
         }
-        self.retire = None;
         self.changes.clear();
-        self.loaded = true;
-        self.issued = false;
-        self.ended = true;
         Ok(())
     }
 
-    /// Saves the session if it changed, merging on conflicts, then deletes
-    /// the session it replaced, if any.
+    /// Saves the session if it changed, merging on conflicts, then retires
+    /// the session a login replaced, if any.
     pub(crate) async fn commit(
         &mut self,
         store: &dyn SessionStore,
         policy: &Policy,
     ) -> Result<(), SessionError> {
         let retry = &policy.retry;
-        let _turn = match self
-            .current
-            .as_ref()
-            .filter(|c| c.dirty && c.record.version > 0)
-        {
-            Some(c) => Some(policy.locks.turn(c.record.id).await),
-            None => None,
+        let _turn = match self.current.as_ref().filter(|c| c.is_dirty()) {
+            Some(c) if c.record.is_stored() => Some(policy.locks.turn(c.record.id).await),
+            _ => None,
         };
         let mut attempt = 0;
-        while let Some(current) = self.current.as_mut().filter(|c| c.dirty) {
-            attempt += 1;
-            let outcome = match &current.renew {
-                Some(next) => {
-                    let mut moved = current.record.clone();
-                    moved.id = next.id();
-                    store.rotate(&current.token, next, &moved).await?
-                }
-                None => store.save(&current.token, &current.record).await?,
-            };
-            match outcome {
-                SaveOutcome::Saved { version } => {
-                    if current.record.version == 0 {
-                        self.issued = true;
-                    }
-                    if let Some(next) = current.renew.take() {
-                        current.record.id = next.id();
-                        current.token = next;
-                        self.issued = true;
-                    }
-                    current.record.version = version;
-                    current.record.last_seen = store.now();
-                    current.dirty = false;
-                    self.changes.clear();
-                }
-                SaveOutcome::Conflict(_) if attempt >= retry.attempts => {
-                    return Err(SessionError::Busy(attempt));
-                }
-                SaveOutcome::Conflict(_) if current.record.version == 0 => {
-                    // A fresh token already in use: astronomically unlikely,
-                    // and never merged into. Take another.
-                    let token = store.new_token(current.record.user.as_deref())?;
-                    current.record.id = token.id();
-                    current.token = token;
-                }
-                SaveOutcome::Conflict(mut newer) => {
-                    if attempt > 1 {
-                        // Contended (see `RetryPolicy`): pause, then read the
-                        // record again rather than save one that went stale
-                        // during the pause.
-                        tokio::time::sleep(retry.pause(attempt)).await;
-                        match store.load(&current.token).await? {
-                            Some(fresh) => newer = fresh,
-                            None => {
-                                self.gone();
-                                continue;
-                            }
+        loop {
+            while let Some(current) = self.current.as_mut().filter(|c| c.is_dirty()) {
+                attempt += 1;
+                match current.send(store).await? {
+                    SaveOutcome::Saved { version } => {
+                        current.stored(version, store.now());
+                        if self.replaced.is_none() {
+                            self.changes.clear();
                         }
                     }
-                    for change in &self.changes {
-                        change.apply(&mut newer)?;
+                    SaveOutcome::Conflict(_) if attempt >= retry.attempts => {
+                        return Err(SessionError::Busy(attempt));
                     }
-                    current.record = newer;
+                    SaveOutcome::Conflict(_) if !current.record.is_stored() => {
+                        // A fresh token already in use: astronomically
+                        // unlikely, and never merged into. Take another.
+                        let token = store.new_token(current.record.user.as_deref())?;
+                        current.record.id = token.id();
+                        current.token = token;
+                    }
+                    SaveOutcome::Conflict(newer) => {
+                        let newer = if attempt > 1 {
+                            // Contended (see `RetryPolicy`): pause, then read
+                            // the record again rather than merge into one that
+                            // went stale during the pause.
+                            tokio::time::sleep(retry.pause(attempt)).await;
+                            store.load(&current.token).await?
+                        } else {
+                            Some(newer)
+                        };
+                        match newer {
+                            Some(newer) => self.merge(newer)?,
+                            None => self.gone(),
+                        }
+                    }
+                    SaveOutcome::Gone => self.gone(),
                 }
-                SaveOutcome::Gone => self.gone(),
+            }
+            if self.replaced.is_none() {
+                return Ok(());
+            }
+            if attempt >= retry.attempts {
+                // The replaced session keeps changing: give up the login,
+                // and leave the client with the session it has (so say
+                // nothing about its token).
+                self.abandon_login(store).await?;
+                self.held = Held::Nothing;
+                return Err(SessionError::Busy(attempt));
+            }
+            self.retire(store).await?;
+            attempt += 1;
+        }
+    }
+
+    /// Re-applies this request's changes onto `newer`, the record a
+    /// concurrent writer stored, which becomes the current one.
+    fn merge(&mut self, mut newer: Record) -> Result<(), SessionError> {
+        for change in &self.changes {
+            change.apply(&mut newer)?;
+        }
+        if let Some(current) = self.current.as_mut() {
+            current.record = newer;
+        }
+        Ok(())
+    }
+
+    /// Retires the session a login replaced, once the new one is stored:
+    /// compare-and-delete on the version the login read. If the old session
+    /// changed meanwhile, its newer values are folded into the new session
+    /// (when its values were carried), which is saved again before the next
+    /// try; if it ended meanwhile, the login fails, whatever was carried: a
+    /// session ended before the login completed never yields a live token.
+    async fn retire(&mut self, store: &dyn SessionStore) -> Result<(), SessionError> {
+        let Some(replaced) = self.replaced.take() else {
+            return Ok(());
+        };
+        if self.current.is_none() {
+            // The new session itself was revoked before this request
+            // finished (its user logged out everywhere): nothing to log in to.
+            store.delete(&replaced.token).await?;
+            return Err(SessionError::Ended);
+        }
+        match store.retire(&replaced.token, replaced.version).await? {
+            RetireOutcome::Deleted => {
+                self.changes.clear();
+                Ok(())
+            }
+            RetireOutcome::Conflict(newer) => {
+                // Changed after the login read it. Carried values: fold the
+                // newer ones into the new session (whose token nobody has
+                // yet), with this request's changes on top, and save it
+                // again before the next try. Otherwise only the version moves.
+                if let Some(current) = self.current.as_mut().filter(|_| replaced.carried) {
+                    let mut record = current.record.clone();
+                    record.data = newer.data;
+                    for change in &self.changes {
+                        change.apply(&mut record)?;
+                    }
+                    current.record.data = record.data;
+                    current.pending = Pending::Dirty;
+                }
+                self.replaced = Some(Replaced {
+                    version: newer.version,
+                    ..replaced
+                });
+                Ok(())
+            }
+            RetireOutcome::Gone => {
+                // Ended (logout, revocation, expiry) before the login
+                // completed: it must not live on under the new token.
+                self.abandon_login(store).await?;
+                Err(SessionError::Ended)
             }
         }
-        if let Some(old) = self.retire.take() {
-            store.delete(&old).await?;
+    }
+
+    /// Deletes the session a login created and forgets the login.
+    async fn abandon_login(&mut self, store: &dyn SessionStore) -> Result<(), SessionError> {
+        self.replaced = None;
+        self.changes.clear();
+        if let Some(new) = self.current.take().filter(|c| c.record.is_stored()) {
+            store.delete(&new.token).await?;
         }
         Ok(())
     }
@@ -344,8 +475,6 @@ impl State {
     fn gone(&mut self) {
         self.current = None;
         self.changes.clear();
-        self.issued = false;
-        self.ended = true;
     }
 
     /// Moves the session to a new token of the same hash slot at the next
@@ -359,29 +488,64 @@ impl State {
             .token
             .renew()
             .map_err(|e| StoreError::Random(e.to_string()))?;
-        if current.record.version == 0 {
+        if current.record.is_stored() {
+            current.pending = Pending::Move(next);
+        } else {
             current.record.id = next.id();
             current.token = next;
-        } else {
-            current.renew = Some(next);
-            current.dirty = true;
         }
         Ok(())
     }
 
-    /// What the response must tell the client.
+    /// What the response must tell the client: the current token whenever
+    /// the client does not hold it with its current deadline, or to drop the
+    /// token it holds when that opens nothing any more.
     pub(crate) fn token_update(&self, now: Millis) -> Option<TokenUpdate> {
-        match &self.current {
-            Some(c) if c.record.version > 0 && (self.issued || self.extended) => {
-                let left = c
-                    .record
-                    .deadline()
-                    .map(|d| Duration::from_millis(d.saturating_sub(now)));
+        match self.current.as_ref().filter(|c| c.record.is_stored()) {
+            Some(c) => {
+                let deadline = c.record.deadline();
+                if self.held == Held::Session(c.token.clone(), deadline) {
+                    return None;
+                }
+                let left = deadline.map(|d| Duration::from_millis(d.saturating_sub(now)));
                 Some(TokenUpdate::Set(c.token.clone(), left))
             }
-            _ if self.ended => Some(TokenUpdate::Clear),
-            _ => None,
+            None if self.held == Held::Nothing => None,
+            // A token that opens nothing (ended here, found gone, or never
+            // valid) costs a store call on every request that sends it.
+            None if matches!(self.load, Load::Done) => Some(TokenUpdate::Clear),
+            // Never loaded (the store failed): the token may still be good.
+            None => None,
         }
+    }
+}
+
+impl Current {
+    fn is_dirty(&self) -> bool {
+        !matches!(self.pending, Pending::Clean)
+    }
+
+    /// Sends the pending changes once: a compare-and-set save, or a
+    /// compare-and-move to the new token.
+    async fn send(&self, store: &dyn SessionStore) -> Result<SaveOutcome, StoreError> {
+        match &self.pending {
+            Pending::Move(next) => {
+                let mut moved = self.record.clone();
+                moved.id = next.id();
+                store.rotate(&self.token, next, &moved).await
+            }
+            _ => store.save(&self.token, &self.record).await,
+        }
+    }
+
+    /// The pending changes were stored as `version`.
+    fn stored(&mut self, version: u64, now: Millis) {
+        if let Pending::Move(next) = std::mem::replace(&mut self.pending, Pending::Clean) {
+            self.record.id = next.id();
+            self.token = next;
+        }
+        self.record.version = version;
+        self.record.last_seen = now;
     }
 }
 
