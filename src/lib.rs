@@ -72,12 +72,14 @@ pub mod store;
 mod token;
 mod transport;
 
+pub use transport::CookieConfig;
+
 pub use codec::{KeyError, Keyring, MIN_SECRET_LEN};
 pub use cookie::SameSite;
 pub use error::SessionError;
 pub use layer::{SessionLayer, SessionService};
 pub use record::{Data, Millis, Record};
-pub use session::{Session, SessionInfo};
+pub use session::{RetryPolicy, Session, SessionInfo};
 pub use store::core::StoreStats;
 pub use store::{
     MemoryStore, RedisStore, RedisStoreBuilder, RetireOutcome, SaveOutcome, SessionStore,

@@ -1,4 +1,5 @@
-//! Where the token travels: a cookie (the default) or a header.
+//! Where the token travels: a cookie (the default), a header, or several of
+//! them on one layer.
 
 use cookie::{Cookie, SameSite};
 use http::header::{AUTHORIZATION, COOKIE, SET_COOKIE};
@@ -7,9 +8,22 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use crate::session::TokenUpdate;
 use crate::token::{TOKEN_LEN, Token};
 
-/// The session cookie's name and attributes.
+/// The session cookie's name and attributes, for
+/// [`SessionLayer::cookie`](crate::SessionLayer::cookie).
+///
+/// Defaults: name `session`, `Secure`, `HttpOnly`, `SameSite=Lax`, `Path=/`,
+/// no `Domain` (the exact host), and a `Max-Age` that follows the session's
+/// deadline.
+///
+/// ```
+/// use tower_redis_sessions::{CookieConfig, MemoryStore, SameSite, SessionLayer};
+///
+/// let layer = SessionLayer::new(MemoryStore::default())
+///     .cookie(CookieConfig::default().name("sid").same_site(SameSite::Strict));
+/// ```
 #[derive(Clone, Debug)]
-pub(crate) struct CookieConfig {
+#[must_use]
+pub struct CookieConfig {
     pub(crate) name: String,
     pub(crate) secure: bool,
     pub(crate) http_only: bool,
@@ -31,6 +45,54 @@ impl Default for CookieConfig {
             domain: None,
             browser_session: false,
         }
+    }
+}
+
+impl CookieConfig {
+    /// The cookie's name (default `session`).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// The `Secure` attribute (default on). Turn it off only for plain-HTTP
+    /// development: clients do not send a `Secure` cookie back over
+    /// `http://` (browsers except on localhost), so every request would
+    /// start a new session.
+    pub fn secure(mut self, secure: bool) -> Self {
+        self.secure = secure;
+        self
+    }
+
+    /// The `HttpOnly` attribute (default on): scripts cannot read the token.
+    pub fn http_only(mut self, http_only: bool) -> Self {
+        self.http_only = http_only;
+        self
+    }
+
+    /// The `SameSite` attribute (default `Lax`).
+    pub fn same_site(mut self, same_site: SameSite) -> Self {
+        self.same_site = same_site;
+        self
+    }
+
+    /// The `Path` (default `/`).
+    pub fn path(mut self, path: impl Into<String>) -> Self {
+        self.path = path.into();
+        self
+    }
+
+    /// The `Domain` (default none: the exact host only).
+    pub fn domain(mut self, domain: impl Into<String>) -> Self {
+        self.domain = Some(domain.into());
+        self
+    }
+
+    /// Sends the cookie without `Max-Age`, so the browser forgets it when it
+    /// closes (the server-side deadlines still apply).
+    pub fn browser_session(mut self, browser_session: bool) -> Self {
+        self.browser_session = browser_session;
+        self
     }
 }
 
@@ -62,13 +124,6 @@ impl Transport {
             request: name.clone(),
             bearer: false,
             response: name,
-        }
-    }
-
-    pub(crate) fn cookie_mut(&mut self) -> Option<&mut CookieConfig> {
-        match self {
-            Transport::Cookie(c) => Some(c),
-            Transport::Header { .. } => None,
         }
     }
 
@@ -160,4 +215,54 @@ fn parse(text: &str) -> Option<Token> {
         return None;
     }
     text.parse().ok()
+}
+
+/// The transports of one layer, in order: the first one that carries a
+/// well-formed token is the one the request uses, and the one its response
+/// answers on; a request without a token is answered on the first.
+#[derive(Clone, Debug)]
+pub(crate) struct Transports(Vec<Transport>);
+
+impl Default for Transports {
+    fn default() -> Transports {
+        Transports(vec![Transport::Cookie(CookieConfig::default())])
+    }
+}
+
+impl Transports {
+    /// One transport, replacing the implicit default or a transport of the
+    /// same place (the cookie, or the same request header) when `explicit`
+    /// is already true.
+    pub(crate) fn add(&mut self, explicit: &mut bool, transport: Transport) {
+        if !*explicit {
+            self.0.clear();
+            *explicit = true;
+        }
+        let same = |t: &Transport| match (t, &transport) {
+            (Transport::Cookie(_), Transport::Cookie(_)) => true,
+            (Transport::Header { request: a, .. }, Transport::Header { request: b, .. }) => a == b,
+            _ => false,
+        };
+        match self.0.iter_mut().find(|t| same(t)) {
+            Some(slot) => *slot = transport,
+            None => self.0.push(transport),
+        }
+    }
+
+    /// The client's token and the index of the transport it came by (the
+    /// first transport when there is none).
+    pub(crate) fn read(&self, headers: &HeaderMap) -> (Option<Token>, usize) {
+        self.0
+            .iter()
+            .enumerate()
+            .find_map(|(i, t)| t.read(headers).map(|token| (Some(token), i)))
+            .unwrap_or((None, 0))
+    }
+
+    /// Writes `update` into the response headers, on the transport `via`.
+    pub(crate) fn write(&self, via: usize, headers: &mut HeaderMap, update: &TokenUpdate) {
+        if let Some(transport) = self.0.get(via).or(self.0.first()) {
+            transport.write(headers, update);
+        }
+    }
 }

@@ -12,7 +12,9 @@ use axum::Router;
 use axum::routing::get;
 use reqwest::header::{AUTHORIZATION, COOKIE, SET_COOKIE};
 use serde_json::{Value, json};
-use tower_redis_sessions::{MemoryStore, SameSite, Session, SessionError, SessionLayer};
+use tower_redis_sessions::{
+    CookieConfig, MemoryStore, SameSite, Session, SessionError, SessionLayer,
+};
 
 use http::demo_app;
 use http::{Backend, Browser, Server, Store, bare_client, invented_token, session_cookie};
@@ -120,7 +122,7 @@ async fn fixation_cluster() {
 // ------------------------------------------------------ cookie attributes
 
 /// The demo's routes behind `layer` on a fresh MemoryStore.
-async fn serve_layer(layer: SessionLayer<MemoryStore>) -> Server {
+async fn serve_layer(layer: SessionLayer) -> Server {
     Server::start(demo_app::app(layer)).await
 }
 
@@ -201,7 +203,8 @@ async fn max_age_follows_the_earlier_deadline() {
 
 #[tokio::test]
 async fn browser_session_cookie_has_no_max_age() {
-    let layer = SessionLayer::new(MemoryStore::default()).browser_session(true);
+    let layer = SessionLayer::new(MemoryStore::default())
+        .cookie(CookieConfig::default().browser_session(true));
     let server = serve_layer(layer).await;
     let response = post(&server, "/api/incr/x", None).await;
     let c = session_cookie(&response, "session").unwrap();
@@ -222,13 +225,15 @@ async fn browser_session_cookie_has_no_max_age() {
 
 #[tokio::test]
 async fn configured_attributes() {
-    let layer = SessionLayer::new(MemoryStore::default())
-        .cookie_name("sid")
-        .domain("example.test")
-        .path("/app")
-        .same_site(SameSite::Strict)
-        .http_only(false)
-        .secure(false);
+    let layer = SessionLayer::new(MemoryStore::default()).cookie(
+        CookieConfig::default()
+            .name("sid")
+            .domain("example.test")
+            .path("/app")
+            .same_site(SameSite::Strict)
+            .http_only(false)
+            .secure(false),
+    );
     let server = serve_layer(layer).await;
     let response = post(&server, "/api/incr/x", None).await;
     assert_eq!(session_cookie(&response, "session"), None);
@@ -252,7 +257,8 @@ async fn configured_attributes() {
 
 #[tokio::test]
 async fn logout_sends_a_removal_cookie() {
-    let layer = SessionLayer::new(MemoryStore::default()).domain("example.test");
+    let layer = SessionLayer::new(MemoryStore::default())
+        .cookie(CookieConfig::default().domain("example.test"));
     let server = serve_layer(layer).await;
     let c = session_cookie(&post(&server, "/api/incr/x", None).await, "session").unwrap();
     let cookie = format!("session={}", c.value());

@@ -29,10 +29,10 @@ use axum::routing::{get, post};
 use axum::{Form, Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tower_redis_sessions::{Session, SessionError, SessionLayer, SessionStore};
+use tower_redis_sessions::{Session, SessionError, SessionLayer};
 
 /// The demo's routes behind `layer`.
-pub fn app<S: SessionStore>(layer: SessionLayer<S>) -> Router {
+pub fn app(layer: SessionLayer) -> Router {
     routes().layer(layer)
 }
 

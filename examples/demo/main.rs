@@ -44,7 +44,8 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use tokio::net::TcpListener;
 use tower_redis_sessions::{
-    Keyring, MIN_SECRET_LEN, MemoryStore, RedisStore, SessionLayer, SessionStore, StoreConfig,
+    CookieConfig, Keyring, MIN_SECRET_LEN, MemoryStore, RedisStore, SessionLayer, SessionStore,
+    StoreConfig,
 };
 
 type BoxError = Box<dyn Error + Send + Sync>;
@@ -161,14 +162,15 @@ struct Settings {
     lifetime: Option<u64>,
 }
 
-fn with_layer<S: SessionStore>(store: S, settings: &Settings) -> Router {
+fn with_layer(store: impl SessionStore, settings: &Settings) -> Router {
     // The demo serves plain http://, and clients other than browsers on
     // localhost (curl, Python requests, reqwest) do not send a `Secure`
     // cookie back over plain HTTP: with the default `Secure` cookie every
     // request would start a new session. So it is off here, and
     // COOKIE_SECURE=1 turns it back on behind TLS. Everything else keeps the
     // layer's defaults unless the environment says otherwise.
-    let mut layer = SessionLayer::new(store).secure(settings.secure);
+    let mut layer =
+        SessionLayer::new(store).cookie(CookieConfig::default().secure(settings.secure));
     let duration = |ms: u64| (ms > 0).then(|| Duration::from_millis(ms));
     if let Some(idle) = settings.idle {
         layer = layer.idle_timeout(duration(idle));

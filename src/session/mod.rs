@@ -19,8 +19,9 @@ use crate::record::{Data, Millis, Record};
 use crate::store::SessionStore;
 use crate::token::{SessionId, Token};
 
+pub use self::state::RetryPolicy;
 use self::state::{Change, State};
-pub(crate) use self::state::{Policy, RetryPolicy, TokenUpdate};
+pub(crate) use self::state::{Policy, TokenUpdate};
 
 /// The session of the current request.
 ///

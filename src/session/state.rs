@@ -46,7 +46,8 @@ pub(crate) struct Policy {
     pub(crate) locks: Arc<super::turns::SaveLocks>,
 }
 
-/// How a save that met a concurrent writer retries.
+/// How a save that met a concurrent writer retries, for
+/// [`SessionLayer::retry`](crate::SessionLayer::retry).
 ///
 /// After a first conflict the request's own changes are applied again onto
 /// the record the store returned (no extra read) and saved again at once,
@@ -57,11 +58,51 @@ pub(crate) struct Policy {
 /// the pause would be stale, and would lose to whoever saved during it),
 /// re-applies its changes and saves. After `attempts` saves in all, the
 /// request fails with [`SessionError::Busy`] (503).
+///
+/// Defaults: 16 attempts, pauses from 2 ms up to 128 ms.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_redis_sessions::{MemoryStore, RetryPolicy, SessionLayer};
+///
+/// let layer = SessionLayer::new(MemoryStore::default()).retry(
+///     RetryPolicy::default()
+///         .attempts(8)
+///         .backoff(Duration::from_millis(1), Duration::from_millis(50)),
+/// );
+/// ```
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct RetryPolicy {
+#[must_use]
+pub struct RetryPolicy {
     pub(crate) attempts: u32,
     pub(crate) base: Duration,
     pub(crate) cap: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> RetryPolicy {
+        RetryPolicy {
+            attempts: 16,
+            base: Duration::from_millis(2),
+            cap: Duration::from_millis(128),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// How many saves a request attempts in all (at least 1).
+    pub fn attempts(mut self, attempts: u32) -> Self {
+        self.attempts = attempts.max(1);
+        self
+    }
+
+    /// The pause range between attempts: uniform in
+    /// `[0, min(cap, base x 2^attempt))`.
+    pub fn backoff(mut self, base: Duration, cap: Duration) -> Self {
+        self.base = base;
+        self.cap = cap;
+        self
+    }
 }
 
 impl RetryPolicy {
