@@ -579,3 +579,53 @@ async fn missing_layer_is_a_clear_500() {
     assert_eq!(response.status(), 500);
     assert!(response.text().await.unwrap().contains("SessionLayer"));
 }
+
+/// A cookie and a bearer token on one layer: each request is answered on the
+/// transport its token came by, a request without a token on the first one,
+/// and the cookie's settings survive adding the bearer transport.
+#[tokio::test]
+async fn cookie_and_bearer_on_one_layer() {
+    let layer = SessionLayer::new(MemoryStore::default())
+        .cookie(CookieConfig::default().name("sid").secure(false))
+        .bearer();
+    let server = serve_layer(layer).await;
+    let http = bare_client();
+
+    // No token: answered on the first transport, the cookie "sid".
+    let response = http.post(server.url("/api/incr/x")).send().await.unwrap();
+    let cookie = session_cookie(&response, "sid").expect("the cookie transport answers");
+    assert!(response.headers().get("x-session-token").is_none());
+    assert_eq!(cookie.secure(), None, "the cookie's settings are kept");
+
+    // The cookie's token opens the session; the bearer transport opens it too.
+    let token = cookie.value().to_owned();
+    let response = http
+        .post(server.url("/api/incr/x"))
+        .header(AUTHORIZATION, format!("Bearer {token}"))
+        .send()
+        .await
+        .unwrap();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["value"], json!(2));
+
+    // A bearer client creating its session is answered with the header.
+    let response = http
+        .post(server.url("/api/login"))
+        .header(AUTHORIZATION, format!("Bearer {token}"))
+        .json(&json!({ "user": "ada" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(
+        response.headers().get(SET_COOKIE).is_none(),
+        "no cookie for a bearer client"
+    );
+    let new = response.headers()["x-session-token"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_ne!(new, token);
+    let (_, body) = http::session_with_cookie(&http, &server, &format!("sid={new}")).await;
+    assert_eq!(body, json!({ "user": "ada", "data": { "x": 2 } }));
+}
