@@ -59,6 +59,7 @@ struct Shared {
     store: Arc<dyn SessionStore>,
     transports: Transports,
     policy: Arc<Policy>,
+    reject_invalid: bool,
 }
 
 /// Layer that adds a [`Session`] to every request. See the [module
@@ -77,6 +78,7 @@ pub struct SessionLayer {
     /// cookie).
     explicit: bool,
     policy: Policy,
+    reject_invalid: bool,
 }
 
 impl fmt::Debug for SessionLayer {
@@ -101,6 +103,7 @@ impl SessionLayer {
             store,
             transports: Transports::default(),
             explicit: false,
+            reject_invalid: false,
             policy: Policy {
                 kind: "web".to_owned(),
                 idle_timeout: Some(Duration::from_secs(24 * 3600)),
@@ -165,6 +168,31 @@ impl SessionLayer {
         self
     }
 
+    /// Whether a bearer (or header) token that is malformed, or that opens
+    /// no session (unknown, expired, revoked), is refused with 401 and
+    /// `WWW-Authenticate: Bearer error="invalid_token"` (default `false`:
+    /// such a request goes on without a session, and a write starts a new
+    /// one, as for a browser with a stale cookie).
+    ///
+    /// API clients usually want the 401: it tells them to authenticate
+    /// again instead of silently working in a new, empty session. A
+    /// malformed token is refused before the handler runs; a well-formed one
+    /// when the handler first touches its session (the load is lazy), as
+    /// [`SessionError::InvalidToken`]. Cookies are never refused this way
+    /// (browsers keep stale cookies; the layer clears them).
+    ///
+    /// ```
+    /// use tower_redis_sessions::{MemoryStore, SessionLayer};
+    ///
+    /// let api = SessionLayer::new(MemoryStore::default())
+    ///     .bearer()
+    ///     .reject_invalid_tokens(true);
+    /// ```
+    pub fn reject_invalid_tokens(mut self, reject: bool) -> Self {
+        self.reject_invalid = reject;
+        self
+    }
+
     /// How saves retry when concurrent requests keep changing the session.
     pub fn retry(mut self, retry: RetryPolicy) -> Self {
         self.policy.retry = retry;
@@ -182,6 +210,7 @@ impl<S> Layer<S> for SessionLayer {
                 store: self.store.clone(),
                 transports: self.transports.clone(),
                 policy: Arc::new(self.policy.clone()),
+                reject_invalid: self.reject_invalid,
             }),
         }
     }
@@ -243,14 +272,30 @@ where
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         let shared = &self.shared;
-        let (incoming, via) = shared.transports.read(request.headers());
-        let session = Session::new(shared.store.clone(), shared.policy.clone(), incoming);
+        let incoming = shared.transports.read(request.headers());
+        if incoming.invalid && shared.reject_invalid {
+            return ResponseFuture {
+                inner: None,
+                rejected: Some(SessionError::InvalidToken.to_response()),
+                session: None,
+                shared: self.shared.clone(),
+                via: incoming.via,
+                finishing: None,
+            };
+        }
+        let session = Session::new(
+            shared.store.clone(),
+            shared.policy.clone(),
+            incoming.token,
+            shared.reject_invalid && incoming.by_header,
+        );
         request.extensions_mut().insert(session.clone());
         ResponseFuture {
-            inner: self.inner.call(request),
+            inner: Some(self.inner.call(request)),
+            rejected: None,
             session: Some(session),
             shared: self.shared.clone(),
-            via,
+            via: incoming.via,
             finishing: None,
         }
     }
@@ -263,7 +308,9 @@ type Finishing<B> = Pin<Box<dyn Future<Output = Response<B>> + Send>>;
 #[pin_project]
 pub struct ResponseFuture<F, B> {
     #[pin]
-    inner: F,
+    inner: Option<F>,
+    /// The answer to a request refused before its handler ran.
+    rejected: Option<Response<B>>,
     session: Option<Session>,
     shared: Arc<Shared>,
     /// The transport the token came by (the response answers on it).
@@ -283,7 +330,15 @@ where
         if let Some(finishing) = this.finishing.as_mut() {
             return finishing.as_mut().poll(cx).map(Ok);
         }
-        let response = ready!(this.inner.poll(cx))?;
+        let Some(inner) = this.inner.as_pin_mut() else {
+            let refused = this.rejected.take();
+            return Poll::Ready(Ok(refused.unwrap_or_else(|| {
+                // Polled again after it answered: a bug of the caller's;
+                // answer rather than panic.
+                SessionError::MissingLayer.to_response()
+            })));
+        };
+        let response = ready!(inner.poll(cx))?;
         let Some(session) = this.session.take().filter(Session::was_used) else {
             // The handler never touched its session: nothing to do.
             return Poll::Ready(Ok(response));

@@ -377,7 +377,11 @@ async fn json_api_contract() {
         .as_millis() as u64;
     for s in list {
         let keys: Vec<&String> = s.as_object().unwrap().keys().collect();
-        assert_eq!(keys, ["created_at", "current", "kind", "last_seen"]);
+        assert_eq!(
+            keys,
+            ["created_at", "current", "device", "id", "kind", "last_seen", "user_agent"]
+        );
+        assert!(s["id"].as_str().is_some_and(|id| id.len() == 43), "{s}");
         assert_eq!(s["kind"], json!("web"));
         let created = s["created_at"].as_u64().unwrap();
         let seen = s["last_seen"].as_u64().unwrap();

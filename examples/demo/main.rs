@@ -29,6 +29,8 @@
 //!   absolute lifetime of new sessions, in ms (0 = none; defaults: the
 //!   layer's, 24 hours and 30 days).
 //! - `SESSION_TOUCH_MS`: the store's touch interval (default 60 s).
+//! - `SESSION_ENCRYPT=1`: seal sessions encrypted (private records) rather
+//!   than only signed.
 //! - `RUST_LOG`: what to log (an `EnvFilter`, default `info`).
 //!
 //! Ctrl-C or SIGTERM stops it gracefully.
@@ -72,7 +74,11 @@ async fn main() -> ExitCode {
 }
 
 async fn run() -> Result<(), BoxError> {
-    let mut config = StoreConfig::new(keyring()?);
+    let mut keys = keyring()?;
+    if flag("SESSION_ENCRYPT")? {
+        keys = keys.encrypt_records(true);
+    }
+    let mut config = StoreConfig::new(keys);
     if let Some(touch) = millis_var("SESSION_TOUCH_MS")? {
         config = config.touch_interval(Duration::from_millis(touch));
     }
@@ -230,10 +236,15 @@ fn keyring() -> Result<Keyring, BoxError> {
 }
 
 fn cookie_secure() -> Result<bool, BoxError> {
-    match env("COOKIE_SECURE").as_deref().map(str::trim) {
+    flag("COOKIE_SECURE")
+}
+
+/// A 1/0 switch from the environment (unset: off).
+fn flag(name: &str) -> Result<bool, BoxError> {
+    match env(name).as_deref().map(str::trim) {
         None | Some("0" | "false" | "no") => Ok(false),
         Some("1" | "true" | "yes") => Ok(true),
-        Some(other) => Err(format!("COOKIE_SECURE must be 1 or 0, not {other:?}").into()),
+        Some(other) => Err(format!("{name} must be 1 or 0, not {other:?}").into()),
     }
 }
 

@@ -31,7 +31,7 @@ use std::time::Duration;
 use ciborium::Value;
 
 use crate::error::SessionError;
-use crate::record::{Millis, Record, millis};
+use crate::record::{MAX_METADATA_FIELDS, Millis, Record, millis};
 use crate::store::{RetireOutcome, SaveOutcome, SessionStore, StoreError};
 use crate::token::Token;
 
@@ -125,6 +125,9 @@ pub(crate) enum Change {
     Update(String, Arc<Updater>),
     IdleTimeout(Option<Duration>),
     Lifetime(Option<Duration>),
+    Label(Option<String>),
+    /// Sets (`Some`) or removes (`None`) a metadata field.
+    Metadata(String, Option<String>),
 }
 
 /// An `update` closure over CBOR values.
@@ -148,6 +151,23 @@ impl Change {
             Change::Lifetime(lifetime) => {
                 record.absolute_deadline =
                     lifetime.map(|l| record.created_at.saturating_add(millis(l)));
+            }
+            Change::Label(label) => record.label = label.clone(),
+            Change::Metadata(key, Some(value)) => {
+                if !record.metadata.contains_key(key)
+                    && record.metadata.len() >= MAX_METADATA_FIELDS
+                {
+                    return Err(SessionError::Encode {
+                        key: key.clone(),
+                        reason: format!(
+                            "a session holds at most {MAX_METADATA_FIELDS} metadata fields"
+                        ),
+                    });
+                }
+                record.metadata.insert(key.clone(), value.clone());
+            }
+            Change::Metadata(key, None) => {
+                record.metadata.remove(key);
             }
         }
         Ok(())
@@ -209,6 +229,9 @@ pub(crate) enum TokenUpdate {
 
 pub(crate) struct State {
     load: Load,
+    /// A token that opens no session is an error (a header token, on a
+    /// layer that refuses invalid tokens), not a new anonymous session.
+    reject_unknown: bool,
     held: Held,
     pub(crate) current: Option<Current>,
     /// Changes to `current` since it was loaded or last saved.
@@ -217,8 +240,9 @@ pub(crate) struct State {
 }
 
 impl State {
-    pub(crate) fn new(incoming: Option<Token>) -> State {
+    pub(crate) fn new(incoming: Option<Token>, reject_unknown: bool) -> State {
         State {
+            reject_unknown,
             held: match &incoming {
                 Some(token) => Held::Token(token.clone()),
                 None => Held::Nothing,
@@ -256,6 +280,8 @@ impl State {
                         record,
                         pending: Pending::Clean,
                     });
+                } else if self.reject_unknown {
+                    return Err(SessionError::InvalidToken);
                 }
                 Ok(())
             }
@@ -326,7 +352,11 @@ impl State {
                 let carried = old.record.user.is_none() || old.record.user == record.user;
                 let stored = old.record.is_stored();
                 if carried {
+                    // The same client goes on: its values and what the
+                    // application noted about the device come along.
                     record.data = old.record.data;
+                    record.label = old.record.label;
+                    record.metadata = old.record.metadata;
                 }
                 if stored {
                     self.replaced = Some(Replaced {
