@@ -344,6 +344,29 @@ local function delete(keys, args)
   return 1
 end
 
+--[[ retire (compare-and-delete)
+KEYS[1] session key
+ARGV    expected version, now
+Reply   {'deleted'}                              the stored version was the
+                                                 expected one: session and
+                                                 index entry deleted, as delete
+      | {'conflict', version, blob, last seen}  another writer saved since:
+                                                 nothing deleted (as save)
+      | {'gone'}                                 absent, or dead by `now`
+For a session replaced by another (a login): it ends only if no one changed
+it since it was read, so a concurrent change is not lost silently.
+]]
+local function retire(keys, args)
+  local key, expected, now = keys[1], tonumber(args[1]), tonumber(args[2])
+  local f, stored = read_live(key, now)
+  if not stored then return {'gone'} end
+  if stored ~= expected then return conflict(key, stored, f[2]) end
+  local x = f[5] or ''
+  drop(key, x)
+  if x ~= '' then refresh_index_expiry(x) end
+  return {'deleted'}
+end
+
 --[[ list
 KEYS[1] user index
 ARGV    now, kind ("" = every kind), limit (max sessions returned)
@@ -413,5 +436,6 @@ redis.register_function('TRS_LIB_load', load)
 redis.register_function('TRS_LIB_save', save)
 redis.register_function('TRS_LIB_rotate', rotate)
 redis.register_function('TRS_LIB_delete', delete)
+redis.register_function('TRS_LIB_retire', retire)
 redis.register_function('TRS_LIB_list', list)
 redis.register_function('TRS_LIB_revoke', revoke)

@@ -80,7 +80,8 @@ pub use record::{Data, Millis, Record};
 pub use session::{Session, SessionInfo};
 pub use store::core::StoreStats;
 pub use store::{
-    MemoryStore, RedisStore, RedisStoreBuilder, SaveOutcome, SessionStore, StoreConfig, StoreError,
+    MemoryStore, RedisStore, RedisStoreBuilder, RetireOutcome, SaveOutcome, SessionStore,
+    StoreConfig, StoreError,
 };
 pub use token::{SessionId, TOKEN_LEN, Token, TokenError};
 

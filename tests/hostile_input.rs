@@ -30,8 +30,8 @@ use tower_redis_sessions::fuzzing::{
 };
 use tower_redis_sessions::store::StoreFuture;
 use tower_redis_sessions::{
-    MemoryStore, Record, SaveOutcome, Session, SessionId, SessionLayer, SessionStore, StoreError,
-    TOKEN_LEN, Token,
+    MemoryStore, Record, RetireOutcome, SaveOutcome, Session, SessionId, SessionLayer,
+    SessionStore, StoreError, TOKEN_LEN, Token,
 };
 
 // ---------------------------------------------------------------------------
@@ -708,6 +708,11 @@ impl SessionStore for Counting {
     fn delete<'a>(&'a self, token: &'a Token) -> StoreFuture<'a, bool> {
         self.writes.fetch_add(1, Ordering::SeqCst);
         self.inner.delete(token)
+    }
+
+    fn retire<'a>(&'a self, token: &'a Token, version: u64) -> StoreFuture<'a, RetireOutcome> {
+        self.writes.fetch_add(1, Ordering::SeqCst);
+        self.inner.retire(token, version)
     }
 
     fn list<'a>(&'a self, user: &'a str, kind: Option<&'a str>) -> StoreFuture<'a, Vec<Record>> {

@@ -18,7 +18,7 @@ use common::stores::{
     Deployment, ManualClock, Tamper, carry, eventually, open, open_with, session_key, test_keyring,
 };
 use tower_redis_sessions::{
-    Keyring, Millis, Record, SaveOutcome, SessionId, StoreConfig, StoreError, Token,
+    Keyring, Millis, Record, RetireOutcome, SaveOutcome, SessionId, StoreConfig, StoreError, Token,
 };
 
 /// Instantiates each case as `memory::<case>`, `standalone::<case>` and
@@ -77,6 +77,9 @@ conformance!(
     rotation_moves_a_session_atomically,
     rotation_conflicts_and_never_revives,
     a_session_in_use_never_idles_out,
+    retire_deletes_the_expected_version_only,
+    retire_of_a_changed_session_returns_it,
+    retire_finds_deleted_and_expired_sessions_gone,
 );
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -1233,4 +1236,111 @@ async fn a_session_in_use_never_idles_out(d: Deployment) {
             "a session loaded every quarter idle timeout stays alive"
         );
     }
+}
+
+async fn retire_deletes_the_expected_version_only(d: Deployment) {
+    let s = open(d, config()).await;
+    let s = s.as_ref();
+    for user in [Some("vera"), None] {
+        let (token, r) = create(s, user, "web", Some(MINUTE)).await;
+        let (other, _) = create(s, user, "web", Some(MINUTE)).await;
+        assert_eq!(
+            s.store().retire(&token, 1).await.unwrap(),
+            RetireOutcome::Deleted
+        );
+        assert!(!s.exists(&token), "the key is deleted");
+        assert_eq!(load(s, &token).await, None);
+        if let Some(user) = user {
+            assert_eq!(
+                ids(&s.store().list(user, None).await.unwrap()),
+                vec![other.id()],
+                "the index entry left with the session"
+            );
+        }
+        // Retired once: a second retire, and a late save, find it gone.
+        assert_eq!(
+            s.store().retire(&token, 1).await.unwrap(),
+            RetireOutcome::Gone
+        );
+        assert_eq!(s.store().save(&token, &r).await.unwrap(), SaveOutcome::Gone);
+        assert!(!s.exists(&token), "no revival after a retire");
+        assert!(load(s, &other).await.is_some(), "the other session stays");
+    }
+    // The last session of a user retired: the index goes with it.
+    let (token, _) = create(s, Some("wes"), "web", Some(MINUTE)).await;
+    assert_eq!(
+        s.store().retire(&token, 1).await.unwrap(),
+        RetireOutcome::Deleted
+    );
+    let tag = format!("{{{}}}:u:", &token.to_string()[..8]);
+    if let Some(keys) = index_keys(s, &token) {
+        let left: Vec<&String> = keys.iter().filter(|k| k.contains(&tag)).collect();
+        assert_eq!(left, Vec::<&String>::new(), "no index left behind");
+    }
+}
+
+async fn retire_of_a_changed_session_returns_it(d: Deployment) {
+    let s = open(d, config()).await;
+    let s = s.as_ref();
+    let (token, r) = create(s, Some("xena"), "web", Some(MINUTE)).await;
+    // Another writer saved version 2 after version 1 was read.
+    let mut other = r.clone();
+    other.data.insert("n".into(), Value::Integer(42.into()));
+    assert_eq!(
+        s.store().save(&token, &other).await.unwrap(),
+        SaveOutcome::Saved { version: 2 }
+    );
+    for stale in [1, 0, 3] {
+        match s.store().retire(&token, stale).await.unwrap() {
+            RetireOutcome::Conflict(current) => {
+                assert_eq!(current.version, 2);
+                assert_eq!(current.id, token.id());
+                assert_eq!(current.data.get("n"), Some(&Value::Integer(42.into())));
+            }
+            other => panic!("retire of version {stale}: expected a conflict, got {other:?}"),
+        }
+    }
+    assert!(s.exists(&token), "a conflict deletes nothing");
+    assert_eq!(
+        ids(&s.store().list("xena", None).await.unwrap()),
+        vec![token.id()]
+    );
+    assert_eq!(s.stats().conflicts, 3);
+    // Deciding again from the current version succeeds.
+    assert_eq!(
+        s.store().retire(&token, 2).await.unwrap(),
+        RetireOutcome::Deleted
+    );
+    assert_eq!(load(s, &token).await, None);
+}
+
+async fn retire_finds_deleted_and_expired_sessions_gone(d: Deployment) {
+    let clock = ManualClock::now_real();
+    let s = open(d, clock.install(config())).await;
+    let s = s.as_ref();
+    let (deleted, _) = create(s, Some("yuri"), "web", Some(MINUTE)).await;
+    assert!(s.store().delete(&deleted).await.unwrap());
+    assert_eq!(
+        s.store().retire(&deleted, 1).await.unwrap(),
+        RetireOutcome::Gone
+    );
+    let never = s.store().new_token(Some("yuri")).unwrap();
+    assert_eq!(
+        s.store().retire(&never, 0).await.unwrap(),
+        RetireOutcome::Gone
+    );
+
+    let (expired, r) = create(s, Some("yuri"), "web", Some(MINUTE)).await;
+    clock.advance(2 * MINUTE.as_millis() as u64);
+    // Dead by the application's clock though Redis still holds it.
+    assert_eq!(
+        s.store().retire(&expired, 1).await.unwrap(),
+        RetireOutcome::Gone
+    );
+    assert!(!s.exists(&expired), "finished off, as a save would");
+    assert_eq!(
+        s.store().save(&expired, &r).await.unwrap(),
+        SaveOutcome::Gone
+    );
+    assert_eq!(s.store().list("yuri", None).await.unwrap(), vec![]);
 }

@@ -21,7 +21,9 @@ use ciborium::Value;
 use common::monitor::{Monitor, Seen};
 use common::stores::{ManualClock, session_key, test_keyring, unique_prefix};
 use common::{CommandStats, RedisCluster, RedisServer};
-use tower_redis_sessions::{Record, RedisStore, SaveOutcome, SessionStore, StoreConfig, Token};
+use tower_redis_sessions::{
+    Record, RedisStore, RetireOutcome, SaveOutcome, SessionStore, StoreConfig, Token,
+};
 
 /// The servers under measurement: one, or every node of a cluster.
 struct Probe<'a> {
@@ -230,6 +232,22 @@ async fn every_operation_is_one_round_trip(
         .one_round_trip("save (gone)", store.save(&other, &late))
         .await;
     assert_eq!(gone.unwrap(), SaveOutcome::Gone);
+
+    // The compare-and-delete of a login that replaces a session: one call,
+    // whether it deletes or meets a newer version.
+    let fourth = store.new_token(Some(user)).unwrap();
+    store
+        .save(&fourth, &record(&fourth, Some(user), store.now()))
+        .await
+        .unwrap();
+    let (conflict, _) = probe
+        .one_round_trip("retire (conflict)", store.retire(&fourth, 7))
+        .await;
+    assert!(matches!(conflict.unwrap(), RetireOutcome::Conflict(ref r) if r.version == 1));
+    let (retired, _) = probe
+        .one_round_trip("retire", store.retire(&fourth, 1))
+        .await;
+    assert_eq!(retired.unwrap(), RetireOutcome::Deleted);
 
     let (count, _) = probe
         .one_round_trip("revoke_all", store.revoke_all(user, None, None))

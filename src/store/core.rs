@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::codec::{Codec, Meta};
 use crate::record::{Millis, Record, millis};
-use crate::store::{Clock, SaveOutcome, StoreConfig, StoreError};
+use crate::store::{Clock, RetireOutcome, SaveOutcome, StoreConfig, StoreError};
 use crate::token::{KeySpace, SessionId, Tag, Token};
 
 /// A stored session as a backend returns it: sealed, with its bookkeeping.
@@ -23,6 +23,13 @@ pub(crate) enum RawSave {
     Gone,
     /// A rotation's new key already exists.
     Taken,
+}
+
+/// What a compare-and-delete did, as a backend returns it.
+pub(crate) enum RawRetire {
+    Deleted,
+    Conflict(Raw),
+    Gone,
 }
 
 /// A record sealed for its key, ready to be written.
@@ -92,6 +99,15 @@ pub(crate) trait Backend: Send + Sync + 'static {
         key: &str,
         owner: Option<&str>,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Compare-and-delete: deletes `key` (and its index entry) only if its
+    /// live version is `expected`.
+    fn retire(
+        &self,
+        key: &str,
+        expected: u64,
+        now: Millis,
+    ) -> impl Future<Output = Result<RawRetire, StoreError>> + Send;
 
     fn list(
         &self,
@@ -317,6 +333,28 @@ impl<B: Backend> Core<B> {
         self.backend.delete(&self.session_key(token), None).await
     }
 
+    pub(crate) async fn retire(
+        &self,
+        token: &Token,
+        version: u64,
+    ) -> Result<RetireOutcome, StoreError> {
+        let id = token.id();
+        let key = self.keys.session(token.tag(), &id);
+        let now = self.now();
+        Ok(match self.backend.retire(&key, version, now).await? {
+            RawRetire::Deleted => RetireOutcome::Deleted,
+            RawRetire::Conflict(raw) => {
+                self.counters.conflicts.fetch_add(1, Ordering::Relaxed);
+                match self.open(&key, id, &raw, now) {
+                    Some(current) => RetireOutcome::Conflict(current),
+                    // What is stored does not verify: as good as no session.
+                    None => RetireOutcome::Gone,
+                }
+            }
+            RawRetire::Gone => RetireOutcome::Gone,
+        })
+    }
+
     pub(crate) async fn list(
         &self,
         user: &str,
@@ -407,6 +445,13 @@ macro_rules! delegate_store {
                 token: &'a $crate::Token,
             ) -> $crate::store::StoreFuture<'a, bool> {
                 Box::pin(self.core.delete(token))
+            }
+            fn retire<'a>(
+                &'a self,
+                token: &'a $crate::Token,
+                version: u64,
+            ) -> $crate::store::StoreFuture<'a, $crate::RetireOutcome> {
+                Box::pin(self.core.retire(token, version))
             }
             fn list<'a>(
                 &'a self,

@@ -15,6 +15,7 @@ pub(crate) struct Library {
     pub(crate) save: String,
     pub(crate) rotate: String,
     pub(crate) delete: String,
+    pub(crate) retire: String,
     pub(crate) list: String,
     pub(crate) revoke: String,
 }
@@ -33,6 +34,7 @@ impl Library {
             save: format!("{name}_save"),
             rotate: format!("{name}_rotate"),
             delete: format!("{name}_delete"),
+            retire: format!("{name}_retire"),
             list: format!("{name}_list"),
             revoke: format!("{name}_revoke"),
             name,

@@ -6,7 +6,9 @@ use std::sync::{Mutex, MutexGuard};
 
 use crate::Keyring;
 use crate::record::Millis;
-use crate::store::core::{Backend, Core, Raw, RawSave, StoreStats, Write, delegate_store};
+use crate::store::core::{
+    Backend, Core, Raw, RawRetire, RawSave, StoreStats, Write, delegate_store,
+};
 use crate::store::{StoreConfig, StoreError};
 use crate::token::Token;
 
@@ -324,6 +326,18 @@ impl Backend for MemoryBackend {
             (Some(entry), Some(owner)) => entry.index == owner,
         };
         Ok(owned && state.remove(key).is_some())
+    }
+
+    async fn retire(&self, key: &str, expected: u64, now: Millis) -> Result<RawRetire, StoreError> {
+        let mut state = self.state();
+        let Some(entry) = state.live(key, now) else {
+            return Ok(RawRetire::Gone);
+        };
+        if entry.version != expected {
+            return Ok(RawRetire::Conflict(entry.raw()));
+        }
+        state.remove(key);
+        Ok(RawRetire::Deleted)
     }
 
     async fn list(

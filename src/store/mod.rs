@@ -85,6 +85,14 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Deletes the session `token` opens. `true` if there was one.
     fn delete<'a>(&'a self, token: &'a Token) -> StoreFuture<'a, bool>;
 
+    /// Deletes the session `token` opens only if its lock version is still `version`
+    /// (compare-and-delete), for a session replaced by another (login).
+    ///
+    /// [`RetireOutcome::Conflict`] carries the current record when another
+    /// writer saved since `version` (nothing is deleted);
+    /// [`RetireOutcome::Gone`] means there was no live session to delete.
+    fn retire<'a>(&'a self, token: &'a Token, version: u64) -> StoreFuture<'a, RetireOutcome>;
+
     /// The live sessions of `user`, of one kind or of all, in the order they
     /// expire (at most [`StoreConfig::max_listed`]).
     fn list<'a>(&'a self, user: &'a str, kind: Option<&'a str>) -> StoreFuture<'a, Vec<Record>>;
@@ -116,6 +124,20 @@ pub enum SaveOutcome {
     Conflict(Record),
     /// The session no longer exists (deleted, revoked or expired): nothing
     /// was written, and it stays gone.
+    Gone,
+}
+
+/// What a compare-and-delete ([`SessionStore::retire`]) did.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RetireOutcome {
+    /// The session had the expected lock version: it is deleted (and left
+    /// its user's index), as by [`SessionStore::delete`].
+    Deleted,
+    /// Another writer saved since: nothing was deleted. The current record
+    /// (with its lock version), to decide again from.
+    Conflict(Record),
+    /// There was no live session (deleted, revoked, expired, or its stored
+    /// form does not verify): nothing to delete.
     Gone,
 }
 

@@ -7,7 +7,9 @@ use deadpool_redis::redis::{self, Cmd, ErrorKind, FromRedisValue, RedisError, Va
 use deadpool_redis::{PoolConfig, Runtime};
 
 use crate::record::Millis;
-use crate::store::core::{Backend, Core, Raw, RawSave, StoreStats, Write, delegate_store};
+use crate::store::core::{
+    Backend, Core, Raw, RawRetire, RawSave, StoreStats, Write, delegate_store,
+};
 use crate::store::library::Library;
 use crate::store::pool::{CallError, Connections, Pool, Timeouts};
 use crate::store::{StoreConfig, StoreError};
@@ -377,19 +379,38 @@ fn parse_save(reply: Value) -> Option<RawSave> {
         return None;
     };
     let mut items = items.into_iter();
-    let mut next = || items.next();
-    let tag = String::from_redis_value(next()?).ok()?;
+    let tag = String::from_redis_value(items.next()?).ok()?;
     match tag.as_str() {
-        "saved" => Some(RawSave::Saved(u64::from_redis_value(next()?).ok()?)),
-        "conflict" => Some(RawSave::Conflict(Raw {
-            version: u64::from_redis_value(next()?).ok()?,
-            blob: Vec::<u8>::from_redis_value(next()?).ok()?,
-            last_seen: u64::from_redis_value(next()?).ok()?,
-        })),
+        "saved" => Some(RawSave::Saved(u64::from_redis_value(items.next()?).ok()?)),
+        "conflict" => Some(RawSave::Conflict(parse_conflict(&mut items)?)),
         "gone" => Some(RawSave::Gone),
         "taken" => Some(RawSave::Taken),
         _ => None,
     }
+}
+
+/// `{'deleted'}`, `{'conflict', v, blob, last seen}` or `{'gone'}`.
+fn parse_retire(reply: Value) -> Option<RawRetire> {
+    let Value::Array(items) = reply else {
+        return None;
+    };
+    let mut items = items.into_iter();
+    let tag = String::from_redis_value(items.next()?).ok()?;
+    match tag.as_str() {
+        "deleted" => Some(RawRetire::Deleted),
+        "conflict" => Some(RawRetire::Conflict(parse_conflict(&mut items)?)),
+        "gone" => Some(RawRetire::Gone),
+        _ => None,
+    }
+}
+
+/// The `version, blob, last seen` after a `'conflict'` tag.
+fn parse_conflict(items: &mut impl Iterator<Item = Value>) -> Option<Raw> {
+    Some(Raw {
+        version: u64::from_redis_value(items.next()?).ok()?,
+        blob: Vec::<u8>::from_redis_value(items.next()?).ok()?,
+        last_seen: u64::from_redis_value(items.next()?).ok()?,
+    })
 }
 
 fn unexpected(what: &'static str) -> StoreError {
@@ -428,6 +449,14 @@ impl Backend for RedisBackend {
         cmd.arg(owner.unwrap_or(""));
         let deleted: u64 = self.fcall(cmd).await?;
         Ok(deleted > 0)
+    }
+
+    async fn retire(&self, key: &str, expected: u64, now: Millis) -> Result<RawRetire, StoreError> {
+        let mut cmd = fcall(&self.library.retire, &[key], 2, 2 * NUM);
+        cmd.arg(expected).arg(now);
+        let reply: Value = self.fcall(cmd).await?;
+        parse_retire(reply)
+            .ok_or_else(|| unexpected("unexpected reply from the session retire function"))
     }
 
     async fn list(
