@@ -22,7 +22,9 @@ Keys (P = the deployment's key prefix, T = the token's routing tag)
                     a  absolute deadline, ms (0 = none)
                     k  kind label ("web", "api", ...)
                     x  name of the owner's user index ("" = anonymous)
-                    w  nonce of the save that wrote this version
+                    w  the last NONCES saves applied to this session, newest
+                       first: " <nonce>:<version written>" each (about 40
+                       bytes apiece, so at most ~320 bytes)
                   Key expiry (PEXPIREAT) = deadline(s, i, a), see below.
   P{T}:u:<uid>    sorted set, a user's index: member = session key name,
                   score = that session's deadline (NO_DEADLINE if none).
@@ -58,10 +60,18 @@ Invariants
       the expiry to the top score).
   I5  Work per call is bounded: an index is pruned when it gains a member
       (and when listed), at most PRUNE_BATCH entries at a time.
+  I6  A save (or rotation) is applied at most once: its nonce is kept with
+      the version it wrote among the session's last NONCES saves (field w),
+      and a repeat of it that finds the nonce writes nothing and replies
+      'saved' with that version.
 ]]
 
 local NO_DEADLINE = 9007199254740991 -- 2^53 - 1: "never", exact in a double
 local PRUNE_BATCH = 64
+-- How many applied saves a session remembers (field `w`): a save retried
+-- after a lost reply is recognised even if up to NONCES - 1 other saves
+-- landed between its first attempt and the retry.
+local NONCES = 8
 
 -- Numbers are passed to redis.call as they are: Redis formats a Lua number
 -- argument with 17 significant digits, so every integer up to NO_DEADLINE
@@ -180,13 +190,35 @@ local function time_arg(arg)
   return n, arg
 end
 
+-- The version a save with `nonce` wrote, if `w` (a session's field) still
+-- remembers it. Entries start with a space and the nonce ends at the colon,
+-- so a nonce matches only a whole entry's nonce.
+local function applied(w, nonce)
+  if not w then return nil end
+  local at = string.find(w, ' ' .. nonce .. ':', 1, true)
+  if not at then return nil end
+  return tonumber(string.match(w, '^%d+', at + #nonce + 2))
+end
+
+-- `w` with the save (`nonce`, `version`) in front, cut to NONCES entries.
+local function remember(w, nonce, version)
+  local entries = ' ' .. nonce .. ':' .. version .. (w or '')
+  local at = 1
+  for _ = 1, NONCES do
+    at = string.find(entries, ' ', at + 1, true)
+    if not at then return entries end
+  end
+  return string.sub(entries, 1, at - 1)
+end
+
 -- Writes version `version` of a session under `key` from the ARGV of save
 -- and rotate (blob, now, idle, absolute, kind, nonce after the expected
--- version), expiring at `d`. The index entry is the caller's.
-local function write(key, index, version, args, idle, absolute, d)
+-- version), expiring at `d`; `w` is what the session remembered of earlier
+-- saves (nil for a new session). The index entry is the caller's.
+local function write(key, index, version, args, idle, absolute, d, w)
   redis.call('HSET', key,
     'v', version, 'b', args[2], 's', args[3], 'i', idle, 'a', absolute,
-    'k', args[6], 'x', index, 'w', args[7])
+    'k', args[6], 'x', index, 'w', remember(w, args[7], version))
   set_expiry(key, d)
 end
 
@@ -244,16 +276,20 @@ Reply   {'saved', new version}
       | {'conflict', version, blob, last seen}  stored version differs (I1, I2);
                                                 the caller merges without a read
       | {'gone'}                                 the session no longer exists (I2)
-A save retried after its reply was lost finds its own nonce on the version it
-wrote and replies 'saved' again instead of a conflict with itself.
+A save retried after its reply was lost (the store resends once over a new
+connection) finds its own nonce among the last NONCES saves the session
+remembers and replies {'saved', the version it wrote}, whatever was written
+since: it is applied at most once, and never meets a conflict with itself
+or with a writer that came after it (I6).
 ]]
 local function save(keys, args)
   local key, index = keys[1], keys[2] or ''
   local expected, now = tonumber(args[1]), tonumber(args[3])
 
   local f, stored, was = read_live(key, now)
-  if stored and stored == expected + 1 and f[6] == args[7] then
-    return {'saved', stored}
+  if stored then
+    local wrote = applied(f[6], args[7])
+    if wrote then return {'saved', wrote} end
   end
   if expected == 0 then
     if stored then return conflict(key, stored, f[2]) end
@@ -272,7 +308,7 @@ local function save(keys, args)
   end
 
   local version = expected + 1
-  write(key, index, version, args, idle_arg, absolute_arg, d)
+  write(key, index, version, args, idle_arg, absolute_arg, d, stored and f[6])
   local owner = stored and f[5] or ''
   if index ~= '' and not (owner == index and was == d) then
     -- (An unchanged deadline in the same index: the score is already d, I3.)
@@ -304,7 +340,9 @@ local function rotate(keys, args)
 
   local n = redis.call('HMGET', key, 'v', 'w')
   if n[1] then
-    if n[2] == args[7] then return {'saved', tonumber(n[1])} end -- a retry after a lost reply
+    -- A retry after a lost reply, even if the new key was saved since (I6).
+    local wrote = applied(n[2], args[7])
+    if wrote then return {'saved', wrote} end
     return {'taken'}
   end
   local f, stored = read_live(old, now)
