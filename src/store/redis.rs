@@ -1,6 +1,7 @@
 //! [`RedisStore`]: sessions in one Redis or a Redis Cluster, one function
 //! call per operation.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use deadpool_redis::redis::{self, Cmd, ErrorKind, FromRedisValue, RedisError, Value};
@@ -231,6 +232,7 @@ impl RedisStoreBuilder {
         let backend = RedisBackend {
             conns: Connections::new(pool, self.pool_size, max_in_flight, self.timeouts),
             library: Library::new(),
+            out_of_memory: AtomicBool::new(false),
         };
         if !self.lazy {
             backend.register().await?;
@@ -244,6 +246,9 @@ impl RedisStoreBuilder {
 struct RedisBackend {
     conns: Connections,
     library: Library,
+    /// Whether the last write met `OOM`: its log line is written once per
+    /// episode, not once per refused request.
+    out_of_memory: AtomicBool,
 }
 
 impl RedisBackend {
@@ -286,8 +291,21 @@ impl RedisBackend {
             .arg(w.kind)
             .arg(w.nonce);
         let reply: Value = self.fcall(cmd).await?;
+        // A write went through: a later OOM starts a new episode.
+        self.out_of_memory.store(false, Ordering::Relaxed);
         parse_save(reply)
             .ok_or_else(|| unexpected("unexpected reply from the session save function"))
+    }
+
+    /// Notes an `OOM` refusal; the first of an episode is logged.
+    fn out_of_memory(&self) {
+        if !self.out_of_memory.swap(true, Ordering::Relaxed) {
+            tracing::error!(
+                "Redis is out of memory (maxmemory reached, maxmemory-policy noeviction): \
+                 it refuses session writes (new sessions, saves) until memory is freed or \
+                 maxmemory is raised; loads, logouts, listing and revocation still work"
+            );
+        }
     }
 
     fn store_error(&self, error: CallError) -> StoreError {
@@ -300,14 +318,20 @@ impl RedisBackend {
             CallError::Connect(reason) => {
                 StoreError::Unavailable(format!("Redis unreachable: {reason}"))
             }
-            CallError::Redis(e) if is_unavailable(&e) => StoreError::Unavailable(e.to_string()),
-            // Missing again right after `fcall` registered it (flushed
-            // meanwhile, or a failover to a node without it): transient,
-            // like a node that is loading, so a 503 rather than a 500.
-            CallError::Redis(e) if is_missing_function(&e) => {
-                StoreError::Unavailable(format!("session function library missing in Redis: {e}"))
-            }
-            CallError::Redis(e) => StoreError::Redis(e),
+            // A library missing again right after `fcall` registered it
+            // (flushed meanwhile, or a failover to a node without it) is
+            // transient too, like a node that is loading: a 503, not a 500.
+            CallError::Redis(e) => match transient(&e) {
+                Some(Transient::OutOfMemory) => {
+                    self.out_of_memory();
+                    StoreError::Unavailable(format!("Redis is out of memory: {e}"))
+                }
+                Some(_) => StoreError::Unavailable(e.to_string()),
+                None if is_missing_function(&e) => StoreError::Unavailable(format!(
+                    "session function library missing in Redis: {e}"
+                )),
+                None => StoreError::Redis(e),
+            },
         }
     }
 }
@@ -316,22 +340,56 @@ fn is_missing_function(e: &RedisError) -> bool {
     e.to_string().contains("Function not found")
 }
 
-/// Errors that mean "Redis is not there right now" rather than "this call is
-/// wrong": broken connections, a cluster or a node that is down, loading, or
-/// a replica that cannot take writes.
-fn is_unavailable(e: &RedisError) -> bool {
-    use redis::ServerErrorKind as S;
-    e.is_io_error()
+/// Why a Redis error is transient (a 503: retry later) rather than a fault
+/// of the call (a 500), if it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Transient {
+    /// The connection broke or could not be made.
+    Connection,
+    /// `OOM`: maxmemory reached, writes refused (under `noeviction`).
+    OutOfMemory,
+    /// `BUSY`: a script or function runs past `busy-reply-threshold`.
+    Busy,
+    /// `LOADING`: the dataset is being loaded.
+    Loading,
+    /// `READONLY`, `MASTERDOWN`, `NOREPLICAS`: the node cannot take writes
+    /// now (a replica, a lost primary link, too few replicas).
+    NotWritable,
+    /// `TRYAGAIN`, `CLUSTERDOWN`, `ASK`/`MOVED` left over after the client's
+    /// own redirects, or a function that met a key on the other side of a
+    /// slot migration ("non local key"), or a cluster connection missing.
+    Cluster,
+}
+
+/// Classifies by the error's code (its first word as Redis sends it, which
+/// redis-rs keeps for codes it does not know), and by the message only for
+/// the script errors Redis sends under the generic `ERR` code.
+fn transient(e: &RedisError) -> Option<Transient> {
+    if e.is_io_error()
         || e.is_connection_dropped()
         || e.is_connection_refusal()
         || e.is_unrecoverable_error()
-        || matches!(
-            e.kind(),
-            ErrorKind::ClusterConnectionNotFound
-                | ErrorKind::Server(
-                    S::ClusterDown | S::TryAgain | S::MasterDown | S::BusyLoading | S::ReadOnly
-                )
-        )
+    {
+        return Some(Transient::Connection);
+    }
+    if e.kind() == ErrorKind::ClusterConnectionNotFound {
+        return Some(Transient::Cluster);
+    }
+    match e.code()? {
+        "OOM" => Some(Transient::OutOfMemory),
+        "BUSY" => Some(Transient::Busy),
+        "LOADING" => Some(Transient::Loading),
+        "READONLY" | "MASTERDOWN" | "NOREPLICAS" => Some(Transient::NotWritable),
+        "TRYAGAIN" | "CLUSTERDOWN" | "ASK" | "MOVED" => Some(Transient::Cluster),
+        "ERR" => {
+            let detail = e.detail().unwrap_or_default();
+            // Redis 7.0 sends these as `ERR` from inside a script.
+            let cluster = detail.contains("Script attempted to access a non local key")
+                || detail.contains("while the cluster is down");
+            cluster.then_some(Transient::Cluster)
+        }
+        _ => None,
+    }
 }
 
 /// `FCALL name numkeys keys...`, sized for `args` more arguments of about
