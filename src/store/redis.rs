@@ -559,3 +559,89 @@ impl Backend for RedisBackend {
         self.fcall(cmd).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{Transient, is_missing_function, transient};
+    use deadpool_redis::redis::{RedisError, parse_redis_value};
+
+    /// An error reply line as Redis sends it, parsed as redis-rs parses it.
+    fn error(line: &str) -> RedisError {
+        let value = parse_redis_value(format!("-{line}\r\n").as_bytes()).unwrap();
+        value.extract_error().unwrap_err()
+    }
+
+    #[test]
+    fn transient_states_are_told_by_their_code() {
+        use Transient::*;
+        let cases = [
+            (
+                "OOM command not allowed when used memory > 'maxmemory'.",
+                Some(OutOfMemory),
+            ),
+            (
+                "OOM command not allowed when used memory > 'maxmemory'. script: trs_x_save, on @user_function:9.",
+                Some(OutOfMemory),
+            ),
+            (
+                "BUSY Redis is busy running a script. You can only call SCRIPT KILL or SHUTDOWN NOSAVE.",
+                Some(Busy),
+            ),
+            (
+                "LOADING Redis is loading the dataset in memory",
+                Some(Loading),
+            ),
+            (
+                "READONLY You can't write against a read only replica.",
+                Some(NotWritable),
+            ),
+            (
+                "MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'.",
+                Some(NotWritable),
+            ),
+            (
+                "NOREPLICAS Not enough good replicas to write.",
+                Some(NotWritable),
+            ),
+            ("CLUSTERDOWN The cluster is down", Some(Cluster)),
+            ("CLUSTERDOWN Hash slot not served", Some(Cluster)),
+            (
+                "TRYAGAIN Multiple keys request during rehashing of slot",
+                Some(Cluster),
+            ),
+            (
+                "TRYAGAIN the slot of P{t}:u:x is being migrated; nothing was written script: trs_x_list, on @user_function:70.",
+                Some(Cluster),
+            ),
+            ("MOVED 3999 127.0.0.1:6381", Some(Cluster)),
+            ("ASK 3999 127.0.0.1:6381", Some(Cluster)),
+            (
+                "ERR Script attempted to access a non local key in a cluster node script: trs_x_delete, on @user_function:157.",
+                Some(Cluster),
+            ),
+            (
+                "ERR Script attempted to execute a command while the cluster is down script: trs_x_load, on @user_function:3.",
+                Some(Cluster),
+            ),
+            // Faults of the call or of the deployment: a 500.
+            ("ERR Function not found", None),
+            ("ERR wrong number of arguments for 'fcall' command", None),
+            (
+                "WRONGTYPE Operation against a key holding the wrong kind of value",
+                None,
+            ),
+            (
+                "NOPERM User app has no permissions to run the 'fcall' command",
+                None,
+            ),
+            (
+                "CROSSSLOT Keys in request don't hash to the same slot",
+                None,
+            ),
+        ];
+        for (line, expected) in cases {
+            assert_eq!(transient(&error(line)), expected, "{line}");
+        }
+        assert!(is_missing_function(&error("ERR Function not found")));
+    }
+}
