@@ -451,7 +451,9 @@ local function save(keys, args)
       if score then score = tonumber(score) end
     end
     if score ~= d then dead = dead_entries(index, now) end
-    if not score then doomed = over_cap(index, key, tonumber(args[8] or 0), args[3], nil) end
+    if not score or score <= now then
+      doomed = over_cap(index, key, tonumber(args[8] or 0), args[3], nil)
+    end
   end
 
   -- Writes.

@@ -120,6 +120,10 @@ struct Entry {
 /// How many applied saves a session remembers (`NONCES` in the library).
 const NONCES: usize = 8;
 
+/// The most sessions one call ends to keep a user under the cap
+/// (`PRUNE_BATCH` in the library).
+const PRUNE_BATCH: u64 = 64;
+
 impl Entry {
     fn deadline(&self) -> Millis {
         deadline(self.last_seen, self.idle, self.absolute)
@@ -239,7 +243,28 @@ impl State {
         }
     }
 
-    /// The live members of `index`, in the order they expire.
+    /// Before `key` enters `index`: ends the oldest live others so that at
+    /// most `cap` remain with it, at most [`PRUNE_BATCH`] per call (as the
+    /// library's `over_cap`; 0 = no cap).
+    fn make_room(&mut self, index: &str, key: &str, cap: u64, now: Millis) {
+        if cap == 0 {
+            return;
+        }
+        let others: Vec<String> = self
+            .members(index, now)
+            .into_iter()
+            .filter(|k| k != key)
+            .collect();
+        let excess = (others.len() as u64 + 1)
+            .saturating_sub(cap)
+            .min(PRUNE_BATCH);
+        for victim in others.iter().take(excess as usize) {
+            self.remove(victim);
+        }
+    }
+
+    /// The live members of `index`, in the order they expire (ties by key,
+    /// as a sorted set orders equal scores).
     fn members(&mut self, index: &str, now: Millis) -> Vec<String> {
         let keys: Vec<String> = self
             .indexes
@@ -310,6 +335,11 @@ impl Backend for MemoryBackend {
         {
             state.unindex(&old, w.key);
         }
+        if let Some(index) = w.index
+            && !state.indexes.get(index).is_some_and(|m| m.contains(w.key))
+        {
+            state.make_room(index, w.key, w.cap, w.now);
+        }
         Ok(RawSave::Saved(state.write(&w)))
     }
 
@@ -331,6 +361,9 @@ impl Backend for MemoryBackend {
         state.remove(old);
         if deadline(w.now, w.idle, w.absolute) <= w.now {
             return Ok(RawSave::Gone);
+        }
+        if let Some(index) = w.index {
+            state.make_room(index, w.key, w.cap, w.now);
         }
         Ok(RawSave::Saved(state.write(&w)))
     }
@@ -415,6 +448,7 @@ mod tests {
             absolute: 0,
             kind: "web",
             nonce,
+            cap: 0,
         }
     }
 

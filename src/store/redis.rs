@@ -289,7 +289,8 @@ impl RedisBackend {
             .arg(w.idle)
             .arg(w.absolute)
             .arg(w.kind)
-            .arg(w.nonce);
+            .arg(w.nonce)
+            .arg(w.cap);
         let reply: Value = self.fcall(cmd).await?;
         // A write went through: a later OOM starts a new episode.
         self.out_of_memory.store(false, Ordering::Relaxed);
@@ -427,7 +428,7 @@ fn parse_load(reply: Value) -> Option<Option<Raw>> {
 
 /// The number and total size of the arguments [`RedisBackend::write`] adds.
 fn write_size(w: &Write<'_>) -> (usize, usize) {
-    (7, 4 * NUM + w.blob.len() + w.kind.len() + w.nonce.len())
+    (8, 5 * NUM + w.blob.len() + w.kind.len() + w.nonce.len())
 }
 
 /// `{'saved', v}`, `{'conflict', v, blob, last seen}`, `{'gone'}` or
