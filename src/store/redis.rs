@@ -260,7 +260,29 @@ impl RedisBackend {
             .await
             .map_err(|e| self.store_error(e))?;
         tracing::info!(library = %self.library.name, "registered the session function library");
+        self.check_eviction_policy().await;
         Ok(())
+    }
+
+    /// Warns once per registration when Redis may evict this crate's keys:
+    /// every session and index carries an expiry, so every `allkeys-*` and
+    /// `volatile-*` policy can pick them. Says nothing where `CONFIG` is
+    /// refused (ACL, managed services) or fails: the check only advises.
+    async fn check_eviction_policy(&self) {
+        let mut cmd = redis::cmd("CONFIG");
+        cmd.arg("GET").arg("maxmemory-policy");
+        let Ok(reply) = self.conns.query::<Value>(&cmd).await else {
+            return;
+        };
+        if let Some(policy) = evicting_policy(&reply) {
+            tracing::warn!(
+                maxmemory_policy = %policy,
+                "Redis runs maxmemory-policy {policy}: at maxmemory it may evict sessions \
+                 (logging users out) and user indexes (hiding sessions from listing and \
+                 revocation until they are loaded or saved again); run a session Redis \
+                 with maxmemory-policy noeviction"
+            );
+        }
     }
 
     /// One function call; registers the library again if Redis lost it.
@@ -390,6 +412,30 @@ fn transient(e: &RedisError) -> Option<Transient> {
             cluster.then_some(Transient::Cluster)
         }
         _ => None,
+    }
+}
+
+/// The policy named in a `CONFIG GET maxmemory-policy` reply (an array or
+/// a map of name and value), if it may evict keys that carry an expiry.
+fn evicting_policy(reply: &Value) -> Option<String> {
+    let mut texts = Vec::new();
+    strings(reply, &mut texts);
+    texts
+        .into_iter()
+        .filter(|t| t != "maxmemory-policy")
+        .find(|t| t.starts_with("allkeys-") || t.starts_with("volatile-"))
+}
+
+fn strings(value: &Value, out: &mut Vec<String>) {
+    match value {
+        Value::BulkString(bytes) => out.push(String::from_utf8_lossy(bytes).into_owned()),
+        Value::SimpleString(text) => out.push(text.clone()),
+        Value::Array(items) | Value::Set(items) => items.iter().for_each(|v| strings(v, out)),
+        Value::Map(pairs) => pairs.iter().for_each(|(k, v)| {
+            strings(k, out);
+            strings(v, out);
+        }),
+        _ => {}
     }
 }
 
@@ -563,8 +609,36 @@ impl Backend for RedisBackend {
 
 #[cfg(test)]
 mod tests {
-    use super::{Transient, is_missing_function, transient};
-    use deadpool_redis::redis::{RedisError, parse_redis_value};
+    use super::{Transient, evicting_policy, is_missing_function, transient};
+    use deadpool_redis::redis::{RedisError, Value, parse_redis_value};
+
+    #[test]
+    fn evicting_policies_are_every_allkeys_and_volatile_one() {
+        let reply = |policy: &str| {
+            Value::Array(vec![
+                Value::BulkString(b"maxmemory-policy".to_vec()),
+                Value::BulkString(policy.as_bytes().to_vec()),
+            ])
+        };
+        for policy in [
+            "allkeys-lru",
+            "allkeys-lfu",
+            "allkeys-random",
+            "volatile-lru",
+            "volatile-lfu",
+            "volatile-random",
+            "volatile-ttl",
+        ] {
+            assert_eq!(evicting_policy(&reply(policy)).as_deref(), Some(policy));
+        }
+        assert_eq!(evicting_policy(&reply("noeviction")), None);
+        let map = Value::Map(vec![(
+            Value::BulkString(b"maxmemory-policy".to_vec()),
+            Value::BulkString(b"volatile-ttl".to_vec()),
+        )]);
+        assert_eq!(evicting_policy(&map).as_deref(), Some("volatile-ttl"));
+        assert_eq!(evicting_policy(&Value::Array(vec![])), None);
+    }
 
     /// An error reply line as Redis sends it, parsed as redis-rs parses it.
     fn error(line: &str) -> RedisError {
