@@ -240,8 +240,9 @@ end
 -- Enters `key` in `index` with score `d` (I3) and keeps the index's
 -- expiry (I4); `dead` (from dead_entries) is pruned.
 local function index_put(index, key, d, dead)
-  local added = redis.call('ZADD', index, d, key)
+  -- Pruned first: `dead` may hold this key's own earlier, dead entry.
   prune(index, dead)
+  local added = redis.call('ZADD', index, d, key)
   if added == 0 then
     -- An existing member whose score moved: its old score was within the
     -- index's expiry (I4), so moving the expiry forward to d suffices.
