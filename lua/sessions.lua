@@ -391,6 +391,7 @@ local function load(keys, args)
   end
   return f
 end
+
 --[[ save (compare-and-set)
 KEYS[1] session key; KEYS[2] the owner's user index (absent if anonymous)
 ARGV    expected version, blob, now, idle (ms), absolute deadline (ms),

@@ -41,6 +41,35 @@ use crate::store::{StoreConfig, StoreError};
 /// deadpool runs at every checkout (it would cost one more round trip per
 /// operation).
 ///
+/// # Memory: run `maxmemory-policy noeviction`
+///
+/// Every key the store writes carries an expiry, so every `allkeys-*` and
+/// `volatile-*` policy may evict sessions (logging users out) and user
+/// indexes. The store checks the policy when it registers its library and
+/// logs a warning for an evicting one (it says nothing where `CONFIG` is
+/// not allowed). A session missing from its user's index enters it again
+/// when it is next loaded or saved, so an evicted index heals, but only
+/// `noeviction` keeps every session. At `maxmemory` under `noeviction`,
+/// Redis refuses what would grow it: saves and rotations (new sessions,
+/// logins, changed data) fail as [`StoreError::Unavailable`] (a 503, with
+/// one error line in the log per episode), while loads, logouts, retiring,
+/// listing and revocation keep working.
+///
+/// # Transient states
+///
+/// `BUSY`, `LOADING`, `READONLY`, `MASTERDOWN`, `NOREPLICAS`, `TRYAGAIN`,
+/// `CLUSTERDOWN` and redirects left over after the client's own, are
+/// [`StoreError::Unavailable`]: retry later, never a 500.
+///
+/// # Resharding
+///
+/// While a user's hash slot moves between cluster nodes, each call either
+/// completes with a true answer or fails as unavailable before writing
+/// anything: no call infers that a session vanished from a key that may sit
+/// on the other node. Loads keep working (a due sliding extension waits);
+/// listing, revocation and logout of sessions whose keys are split between
+/// the two nodes fail as unavailable until the migration completes.
+///
 /// # Timeouts
 ///
 /// A call waits at most the wait timeout in all for a place among the calls
