@@ -226,3 +226,55 @@ async fn a_store_on_a_replica_is_unavailable_for_writes() {
         "nothing changed on the primary"
     );
 }
+
+/// `min-replicas-to-write` unmet (no replica connected): Redis refuses
+/// every call that may write with `NOREPLICAS`, a 503; the store works
+/// again once the setting is lifted.
+#[tokio::test]
+async fn too_few_replicas_is_unavailable() {
+    let server = RedisServer::start();
+    let prefix = unique_prefix("norepl");
+    let store = store_on(&server, &prefix).await;
+    let (token, record) = create(&store, "dan").await;
+    assert_eq!(
+        server.cmd(&["CONFIG", "SET", "min-replicas-to-write", "1"]),
+        "OK"
+    );
+    let reason = unavailable("save without replicas", store.save(&token, &record).await);
+    assert!(reason.contains("replicas"), "{reason}");
+    unavailable("load without replicas", store.load(&token).await);
+    unavailable("logout without replicas", store.delete(&token).await);
+    assert_eq!(
+        server.cmd(&["CONFIG", "SET", "min-replicas-to-write", "0"]),
+        "OK"
+    );
+    assert!(store.load(&token).await.unwrap().is_some());
+}
+
+/// A replica that lost its primary and must not serve stale data: every
+/// store call is a 503 (Redis checks writability first, so the store sees
+/// `READONLY` there; `MASTERDOWN` itself is covered by the classifier's
+/// unit test).
+#[tokio::test]
+async fn a_replica_without_its_primary_is_unavailable() {
+    let replica = RedisServer::start();
+    let gone = RedisServer::start();
+    let port = gone.port().to_string();
+    drop(gone);
+    assert_eq!(
+        replica.cmd(&["CONFIG", "SET", "replica-serve-stale-data", "no"]),
+        "OK"
+    );
+    assert_eq!(replica.cmd(&["REPLICAOF", "127.0.0.1", &port]), "OK");
+    let store = RedisStore::builder(config(&unique_prefix("mdown")))
+        .lazy(true)
+        .connect(&replica.url())
+        .await
+        .unwrap();
+    let token = store.new_token(None).unwrap();
+    let reason = unavailable(
+        "load on a replica without primary",
+        store.load(&token).await,
+    );
+    eprintln!("a replica without its primary, as seen by the store: {reason}");
+}
