@@ -89,13 +89,15 @@ Invariants
       still trim the expiry to the top score).
   I5  Work per call is bounded. An index entry whose score (= deadline, I3)
       has passed is dead: pruning removes such entries (never the session
-      keys, which Redis expires by itself), at most PRUNE_BATCH per call,
-      when a member is added and when the index is listed or revoked.
-      list and revoke read at most WALK live entries (the earliest
-      deadlines first). A save or rotation that adds a session to an index
+      keys, which Redis expires by itself), at most PRUNE_BATCH (64) per
+      call, when a member is added and when the index is listed or revoked.
+      list and revoke read at most WALK (1024) live entries, the earliest
+      deadlines first. A save or rotation that adds a session to an index
       holding `cap` live ones (ARGV, the store's max sessions per user,
-      kept at most WALK) ends the oldest (lowest score) others, at most
-      PRUNE_BATCH per call.
+      which the store keeps at most 1000 < WALK, so listing and revocation
+      reach every live session) ends the oldest (lowest score) others, at
+      most PRUNE_BATCH per call. So a call touches at most 1024 + 64 + 2
+      sessions and one index.
   I6  A save (or rotation) is applied at most once: its nonce is kept with
       the version it wrote among the session's last NONCES saves (field w),
       and a repeat of it that finds the nonce writes nothing and replies
