@@ -214,6 +214,17 @@ async fn a_user_slot_resharded_in_batches_loses_nothing() {
             live.retain(|t| *t != tokens[1]);
         },
     );
+    // Session and index both on the target now: this logout completes.
+    let before = tally.truthful;
+    tally.note(
+        "logout of a session moved with the index (batch 2)",
+        store.delete(&tokens[4]).await,
+        |deleted| {
+            assert!(deleted, "it existed");
+            live.retain(|t| *t != tokens[4]);
+        },
+    );
+    assert_eq!(tally.truthful, before + 1, "nothing stands in its way");
     tally.note(
         "revoke others (batch 2)",
         store.revoke_all(user, None, Some(&tokens[0])).await,
