@@ -52,10 +52,14 @@ Resharding (Redis Cluster)
     an index to create or heal, a session to count as gone) is first checked
     against the node's slot state (`CLUSTER NODES`, "[<slot>-<-" or
     "[<slot>->-" on the node's own line): during a migration the call
-    answers TRYAGAIN, before writing anything. An absent *declared* key
-    needs no check: Redis sent the call here because the source lacked it.
-  The store turns TRYAGAIN and "non local key" into "unavailable" (a 503);
-  the caller may retry.
+    answers with the error code MIGRATING, before writing anything. An
+    absent *declared* key needs no check: Redis sent the call here because
+    the source lacked it.
+  The store turns MIGRATING, "non local key" and Redis' own TRYAGAIN into
+  "unavailable" (a 503); the caller may retry. MIGRATING rather than
+  TRYAGAIN: cluster clients (redis-rs among them) retry TRYAGAIN by
+  themselves after waiting a second or more, longer than a request should
+  wait, and the call would only end in a timeout.
 
 Time
   `now` (ARGV) is the application's clock in ms. The sealed record carries its
@@ -104,7 +108,7 @@ Invariants
       'saved' with that version.
   I7  Each call either completes or fails before its first write: reads of
       every key it writes come first, and an absence that may be a key in
-      migration is answered with TRYAGAIN (see Resharding).
+      migration is answered with MIGRATING (see Resharding).
 ]]
 
 local NO_DEADLINE = 9007199254740991 -- 2^53 - 1: "never", exact in a double
@@ -132,22 +136,25 @@ local function expired(now, seen, idle, absolute)
   return deadline(seen, idle, absolute) <= now
 end
 
--- Whether this node is importing or migrating the slot of `key`: then a
--- key it does not hold may still sit on the other node (I7). Only asked
--- when an absence matters, so the common paths never pay for it; on a
--- single node CLUSTER errors and the answer is no.
+-- The slot of `key` if this node is importing or migrating it: then a key
+-- it does not hold may still sit on the other node (I7). Only asked when
+-- an absence matters, so the common paths never pay for it; on a single
+-- node CLUSTER errors and the answer is no.
 local function in_migration(key)
   local nodes = redis.pcall('CLUSTER', 'NODES')
-  if type(nodes) ~= 'string' then return false end
+  if type(nodes) ~= 'string' then return nil end
   local slot = redis.call('CLUSTER', 'KEYSLOT', key)
   local mine = string.match(nodes, '[^\n]*myself[^\n]*')
-  return mine ~= nil and string.find(mine, '[' .. slot .. '-', 1, true) ~= nil
+  if mine and string.find(mine, '[' .. slot .. '-', 1, true) then return slot end
+  return nil
 end
 
 -- Ends the call, before any write, when an absence of `key` proves nothing.
+-- The reply names the slot, not the key (keys are derived from secrets).
 local function unsure(key)
-  if in_migration(key) then
-    error({err = 'TRYAGAIN the slot of ' .. key .. ' is being migrated; nothing was written'})
+  local slot = in_migration(key)
+  if slot then
+    error({err = 'MIGRATING slot ' .. slot .. ' is being migrated; nothing was written'})
   end
 end
 
@@ -584,7 +591,7 @@ end
 -- The live entries of an index (score after `now`), earliest deadline
 -- first, at most WALK (I5), with the fields `fields` of each session; and
 -- whether any of them was absent. An absent member during a migration
--- may sit on the other node: the call ends with TRYAGAIN (I7).
+-- may sit on the other node: the call ends with MIGRATING (I7).
 local function walk(index, now_arg, ...)
   local members = redis.call('ZRANGEBYSCORE', index, '(' .. now_arg, '+inf', 'LIMIT', 0, WALK)
   local rows, vanished = {}, {}

@@ -58,7 +58,8 @@ use crate::store::{StoreConfig, StoreError};
 /// # Transient states
 ///
 /// `BUSY`, `LOADING`, `READONLY`, `MASTERDOWN`, `NOREPLICAS`, `TRYAGAIN`,
-/// `CLUSTERDOWN` and redirects left over after the client's own, are
+/// `CLUSTERDOWN`, redirects left over after the client's own, and a call
+/// that met a key in migration are
 /// [`StoreError::Unavailable`]: retry later, never a 500.
 ///
 /// # Resharding
@@ -409,7 +410,8 @@ enum Transient {
     NotWritable,
     /// `TRYAGAIN`, `CLUSTERDOWN`, `ASK`/`MOVED` left over after the client's
     /// own redirects, or a function that met a key on the other side of a
-    /// slot migration ("non local key"), or a cluster connection missing.
+    /// slot migration (the library's `MIGRATING`, or Redis' "non local
+    /// key"), or a cluster connection missing.
     Cluster,
 }
 
@@ -432,7 +434,7 @@ fn transient(e: &RedisError) -> Option<Transient> {
         "BUSY" => Some(Transient::Busy),
         "LOADING" => Some(Transient::Loading),
         "READONLY" | "MASTERDOWN" | "NOREPLICAS" => Some(Transient::NotWritable),
-        "TRYAGAIN" | "CLUSTERDOWN" | "ASK" | "MOVED" => Some(Transient::Cluster),
+        "TRYAGAIN" | "CLUSTERDOWN" | "ASK" | "MOVED" | "MIGRATING" => Some(Transient::Cluster),
         "ERR" => {
             let detail = e.detail().unwrap_or_default();
             // Redis 7.0 sends these as `ERR` from inside a script.
@@ -714,7 +716,7 @@ mod tests {
                 Some(Cluster),
             ),
             (
-                "TRYAGAIN the slot of P{t}:u:x is being migrated; nothing was written script: trs_x_list, on @user_function:70.",
+                "MIGRATING slot 15891 is being migrated; nothing was written script: trs_x_list, on @user_function:70.",
                 Some(Cluster),
             ),
             ("MOVED 3999 127.0.0.1:6381", Some(Cluster)),
