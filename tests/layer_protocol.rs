@@ -379,7 +379,15 @@ async fn json_api_contract() {
         let keys: Vec<&String> = s.as_object().unwrap().keys().collect();
         assert_eq!(
             keys,
-            ["created_at", "current", "device", "id", "kind", "last_seen", "user_agent"]
+            [
+                "created_at",
+                "current",
+                "device",
+                "id",
+                "kind",
+                "last_seen",
+                "user_agent"
+            ]
         );
         assert!(s["id"].as_str().is_some_and(|id| id.len() == 43), "{s}");
         assert_eq!(s["kind"], json!("web"));

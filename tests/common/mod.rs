@@ -26,6 +26,7 @@
 #![allow(dead_code, unused_imports)]
 
 mod cluster;
+pub mod logs;
 pub mod monitor;
 mod resp;
 mod server;
