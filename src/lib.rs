@@ -58,13 +58,14 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
-mod codec;
+mod envelope;
 mod error;
 #[cfg(feature = "axum")]
 mod extract;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
+mod keyring;
 pub mod layer;
 mod record;
 mod session;
@@ -74,7 +75,7 @@ mod transport;
 
 pub use transport::CookieConfig;
 
-pub use codec::{KeyError, Keyring, MIN_SECRET_LEN};
+pub use keyring::{KeyError, Keyring, MIN_SECRET_LEN};
 pub use cookie::SameSite;
 pub use error::SessionError;
 pub use layer::{SessionLayer, SessionService};

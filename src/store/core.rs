@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::codec::{Codec, Meta};
+use crate::envelope::{Codec, Meta};
 use crate::record::{Millis, Record, millis};
 use crate::store::{Clock, RetireOutcome, SaveOutcome, StoreConfig, StoreError};
 use crate::token::{KeySpace, SessionId, Tag, Token};

@@ -32,7 +32,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::codec::Keyring;
+use crate::keyring::Keyring;
 use crate::record::{Millis, Record};
 use crate::token::{SessionId, Token};
 
