@@ -10,7 +10,7 @@ use chacha20poly1305::XChaCha20Poly1305;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::{Digest, Sha256};
 
-use crate::token::{TAG_BYTES, Tag};
+use crate::token::{RandomError, TAG_BYTES, Tag};
 
 pub(crate) type HmacSha256 = Hmac<Sha256>;
 
@@ -27,7 +27,7 @@ pub enum KeyError {
     TooShort(usize),
     /// The operating system's random number generator failed.
     #[error("could not generate a random session secret: {0}")]
-    Random(String),
+    Random(#[from] RandomError),
 }
 
 /// One signing key, pre-keyed so that sealing does not redo the HMAC key
@@ -91,7 +91,7 @@ impl Keyring {
     /// restart of the process. For tests, demos and single-process setups.
     pub fn generate() -> Result<Keyring, KeyError> {
         let mut secret = [0u8; 32];
-        getrandom::fill(&mut secret).map_err(|e| KeyError::Random(e.to_string()))?;
+        getrandom::fill(&mut secret).map_err(RandomError)?;
         Keyring::new(secret)
     }
 
@@ -240,7 +240,6 @@ fn signing_key(secret: &[u8]) -> SigningKey {
     let aead = XChaCha20Poly1305::new(&derived_key(secret, b"encryption").into());
     SigningKey { id, mac, aead }
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -18,9 +18,8 @@
 
 use std::time::Duration;
 
-use tower_redis_sessions::{
-    Keyring, Record, RedisStore, SaveOutcome, SessionStore, StoreConfig, Token,
-};
+use tower_redis_sessions::store::{Record, SaveOutcome, SessionStore, Token};
+use tower_redis_sessions::{Keyring, RedisStore, StoreConfig};
 
 const SESSIONS: usize = 256;
 

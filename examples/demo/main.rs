@@ -47,9 +47,9 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use tokio::net::TcpListener;
+use tower_redis_sessions::store::SessionStore;
 use tower_redis_sessions::{
-    CookieConfig, Keyring, MIN_SECRET_LEN, MemoryStore, RedisStore, SessionLayer, SessionStore,
-    StoreConfig,
+    CookieConfig, Keyring, MIN_SECRET_LEN, MemoryStore, RedisStore, SessionLayer, StoreConfig,
 };
 
 type BoxError = Box<dyn Error + Send + Sync>;
