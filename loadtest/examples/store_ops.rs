@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! redis-server --port 47390 --save '' &
-//! cargo build --release -p bench --example store_ops
+//! cargo build --release -p loadtest --example store_ops
 //! valgrind --tool=callgrind target/release/examples/store_ops redis://127.0.0.1:47390 load 0
 //! valgrind --tool=callgrind target/release/examples/store_ops redis://127.0.0.1:47390 load 20000
 //! ```
