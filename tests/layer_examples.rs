@@ -171,6 +171,26 @@ fn demo_binary_on_redis_url() {
     assert_eq!(cookie.http_only(), Some(true));
     let stderr = running.stderr_with("session store: Redis at redis://127.0.0.1:");
     assert!(!stderr.contains("WARNING"), "a secret was given: {stderr}");
+    // The counters, as JSON, from the same store the layer uses.
+    let metrics: Value = rt.block_on(async {
+        bare_client()
+            .get(format!("{base}/api/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    });
+    assert!(metrics["operations"].as_u64().unwrap() >= 3, "{metrics}");
+    for counter in [
+        "unavailable",
+        "conflicts",
+        "revivals_blocked",
+        "rejected_blobs",
+    ] {
+        assert!(metrics[counter].is_u64(), "{counter} in {metrics}");
+    }
 
     running.signal("TERM");
     assert_eq!(running.wait_exit().code(), Some(0), "{}", running.stderr());

@@ -89,8 +89,13 @@ use crate::store::{StoreConfig, StoreError};
 ///     .await?;
 /// # Ok(()) }
 /// ```
+///
+/// Cloning is cheap: clones share the connections, the library and the
+/// counters (give a clone to each layer, or keep one for the application's
+/// own store calls).
+#[derive(Clone)]
 pub struct RedisStore {
-    core: Core<RedisBackend>,
+    core: std::sync::Arc<Core<RedisBackend>>,
 }
 
 impl HasCore for RedisStore {
@@ -272,7 +277,7 @@ impl RedisStoreBuilder {
             backend.register().await?;
         }
         Ok(RedisStore {
-            core: Core::new(backend, self.config),
+            core: std::sync::Arc::new(Core::new(backend, self.config)),
         })
     }
 }
@@ -328,6 +333,7 @@ impl RedisBackend {
                     "session function library missing in Redis (restart, FUNCTION FLUSH or failover); registering it again"
                 );
                 self.register().await?;
+                crate::store::observe::another_attempt(2);
                 self.conns
                     .query(&cmd)
                     .await
