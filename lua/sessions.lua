@@ -547,17 +547,20 @@ end
 
 --[[ delete
 KEYS[1] session key
-ARGV    owner's index, or "" for any owner
-Reply   1 if a session was deleted, else 0
+ARGV    owner's index, or "" for any owner; now
+Reply   1 if a live session was deleted, else 0
 With an index given, the session is deleted only if that index owns it: this
-is how a user revokes one of their own sessions by id and no one else's.
+is how a user revokes one of their own sessions by id and no one else's. A
+session dead by `now` that Redis still holds is dropped too, but it was no
+session to delete (every other function already answers as if it were gone).
 ]]
 local function delete(keys, args)
-  local key, owner = keys[1], args[1] or ''
+  local key, owner, now = keys[1], args[1] or '', tonumber(args[2]) or 0
   local f, x = read_owned(key)
   if not f[1] then return 0 end
   if owner ~= '' and x ~= owner then return 0 end
   drop(key, x)
+  if expired(now, tonumber(f[2]), tonumber(f[3]), tonumber(f[4])) then return 0 end
   return 1
 end
 

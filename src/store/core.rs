@@ -105,10 +105,12 @@ pub(crate) trait Backend: Send + Sync + 'static {
     ) -> impl Future<Output = Result<RawSave, StoreError>> + Send;
 
     /// Deletes `key`; with `owner`, only if that index owns it.
+    /// `true` only if a live session (by `now`) was deleted.
     fn delete(
         &self,
         key: &str,
         owner: Option<&str>,
+        now: Millis,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
     /// Compare-and-delete: deletes `key` (and its index entry) only if its
@@ -352,7 +354,9 @@ impl<B: Backend> Core<B> {
     }
 
     pub(crate) async fn delete(&self, token: &Token) -> Result<bool, StoreError> {
-        self.backend.delete(&self.session_key(token), None).await
+        self.backend
+            .delete(&self.session_key(token), None, self.now())
+            .await
     }
 
     pub(crate) async fn retire(
@@ -402,7 +406,7 @@ impl<B: Backend> Core<B> {
     pub(crate) async fn revoke(&self, user: &str, id: &SessionId) -> Result<bool, StoreError> {
         let (tag, index) = self.user_index(user);
         let key = self.keys.session(tag, id);
-        self.backend.delete(&key, Some(&index)).await
+        self.backend.delete(&key, Some(&index), self.now()).await
     }
 
     pub(crate) async fn revoke_all(

@@ -371,9 +371,15 @@ impl Backend for MemoryBackend {
         Ok(RawSave::Saved(state.write(&w)))
     }
 
-    async fn delete(&self, key: &str, owner: Option<&str>) -> Result<bool, StoreError> {
+    async fn delete(
+        &self,
+        key: &str,
+        owner: Option<&str>,
+        now: Millis,
+    ) -> Result<bool, StoreError> {
         let mut state = self.state();
-        let owned = match (state.sessions.get(key), owner) {
+        // A dead session is dropped here, and was none to delete.
+        let owned = match (state.live(key, now).map(|e| &*e), owner) {
             (None, _) => false,
             (Some(_), None) => true,
             (Some(entry), Some(owner)) => entry.index == owner,

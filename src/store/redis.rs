@@ -522,9 +522,19 @@ impl Backend for RedisBackend {
         self.write(cmd, &w).await
     }
 
-    async fn delete(&self, key: &str, owner: Option<&str>) -> Result<bool, StoreError> {
-        let mut cmd = fcall(&self.library.delete, &[key], 1, owner.map_or(0, str::len));
-        cmd.arg(owner.unwrap_or(""));
+    async fn delete(
+        &self,
+        key: &str,
+        owner: Option<&str>,
+        now: Millis,
+    ) -> Result<bool, StoreError> {
+        let mut cmd = fcall(
+            &self.library.delete,
+            &[key],
+            2,
+            NUM + owner.map_or(0, str::len),
+        );
+        cmd.arg(owner.unwrap_or("")).arg(now);
         let deleted: u64 = self.fcall(cmd).await?;
         Ok(deleted > 0)
     }
