@@ -142,6 +142,14 @@ impl Session {
     }
 
     /// The value under `key`, decoded as `T`; `None` if absent.
+    ///
+    /// ```
+    /// # use tower_redis_sessions::{Session, SessionError};
+    /// async fn greet(session: Session) -> Result<String, SessionError> {
+    ///     let name: Option<String> = session.get("name").await?;
+    ///     Ok(format!("hello {}", name.as_deref().unwrap_or("stranger")))
+    /// }
+    /// ```
     pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, SessionError> {
         let state = self.loaded().await?;
         let value = state.current.as_ref().and_then(|c| c.record.data.get(key));
@@ -149,6 +157,13 @@ impl Session {
     }
 
     /// A copy of all the session's values (empty if there is no session).
+    ///
+    /// ```
+    /// # use tower_redis_sessions::{Session, SessionError};
+    /// async fn dump(session: Session) -> Result<usize, SessionError> {
+    ///     Ok(session.values().await?.len())
+    /// }
+    /// ```
     pub async fn values(&self) -> Result<Data, SessionError> {
         let state = self.loaded().await?;
         Ok(state
@@ -159,12 +174,26 @@ impl Session {
     }
 
     /// Sets `key` to `value`, creating the session if there is none.
+    ///
+    /// ```
+    /// # use tower_redis_sessions::{Session, SessionError};
+    /// async fn choose_theme(session: Session) -> Result<(), SessionError> {
+    ///     session.insert("theme", "dark").await
+    /// }
+    /// ```
     pub async fn insert<T: Serialize>(&self, key: &str, value: T) -> Result<(), SessionError> {
         let value = encode(key, &value)?;
         self.change(Change::Insert(key.to_owned(), value)).await
     }
 
     /// Removes `key`. Returns whether it was there.
+    ///
+    /// ```
+    /// # use tower_redis_sessions::{Session, SessionError};
+    /// async fn forget_theme(session: Session) -> Result<bool, SessionError> {
+    ///     session.remove("theme").await
+    /// }
+    /// ```
     pub async fn remove(&self, key: &str) -> Result<bool, SessionError> {
         let mut state = self.loaded().await?;
         let present = state
@@ -184,6 +213,13 @@ impl Session {
     }
 
     /// Removes every value; the session itself (and its user) stays.
+    ///
+    /// ```
+    /// # use tower_redis_sessions::{Session, SessionError};
+    /// async fn empty_cart(session: Session) -> Result<(), SessionError> {
+    ///     session.clear().await
+    /// }
+    /// ```
     pub async fn clear(&self) -> Result<(), SessionError> {
         let mut state = self.loaded().await?;
         if state.current.is_some() {
@@ -231,11 +267,25 @@ impl Session {
     }
 
     /// The session's id; `None` if there is no session yet.
+    ///
+    /// ```
+    /// # use tower_redis_sessions::{Session, SessionError};
+    /// async fn which(session: Session) -> Result<String, SessionError> {
+    ///     Ok(session.id().await?.map(|id| id.to_string()).unwrap_or_default())
+    /// }
+    /// ```
     pub async fn id(&self) -> Result<Option<SessionId>, SessionError> {
         Ok(self.loaded().await?.current.as_ref().map(|c| c.record.id))
     }
 
     /// The user the session belongs to; `None` if anonymous or absent.
+    ///
+    /// ```
+    /// # use tower_redis_sessions::{Session, SessionError};
+    /// async fn whoami(session: Session) -> Result<String, SessionError> {
+    ///     Ok(session.user().await?.unwrap_or_else(|| "anonymous".into()))
+    /// }
+    /// ```
     pub async fn user(&self) -> Result<Option<String>, SessionError> {
         let state = self.loaded().await?;
         Ok(state.current.as_ref().and_then(|c| c.record.user.clone()))
@@ -244,6 +294,13 @@ impl Session {
     /// The session's kind (`"web"`, `"api"`, ...). A session not created
     /// yet has the kind it will be created with: the layer's
     /// [`kind`](crate::SessionLayer::kind).
+    ///
+    /// ```
+    /// # use tower_redis_sessions::{Session, SessionError};
+    /// async fn kind(session: Session) -> Result<String, SessionError> {
+    ///     session.kind().await // "web" unless the layer says otherwise
+    /// }
+    /// ```
     pub async fn kind(&self) -> Result<String, SessionError> {
         let state = self.loaded().await?;
         Ok(match state.current.as_ref() {
@@ -254,6 +311,13 @@ impl Session {
 
     /// A copy of the whole record (user, kind, times, deadlines, values);
     /// `None` if there is no session.
+    ///
+    /// ```
+    /// # use tower_redis_sessions::{Session, SessionError};
+    /// async fn created(session: Session) -> Result<Option<u64>, SessionError> {
+    ///     Ok(session.record().await?.map(|r| r.created_at))
+    /// }
+    /// ```
     pub async fn record(&self) -> Result<Option<Record>, SessionError> {
         let state = self.loaded().await?;
         Ok(state.current.as_ref().map(|c| c.record.clone()))
@@ -278,6 +342,16 @@ impl Session {
     /// the new session is deleted too and the save fails with
     /// [`SessionError::Ended`]: an ended session never lives on under a new
     /// token.
+    ///
+    /// ```
+    /// # use tower_redis_sessions::{Session, SessionError};
+    /// async fn sign_in(session: Session, user: String) -> Result<(), SessionError> {
+    ///     // A real application checks the password first.
+    ///     session.login(user).await?;
+    ///     // Optional: store now, so a failed login is this handler's error.
+    ///     session.save().await
+    /// }
+    /// ```
     pub async fn login(&self, user: impl Into<String>) -> Result<(), SessionError> {
         let mut state = self.state().await;
         state
@@ -287,6 +361,13 @@ impl Session {
 
     /// Deletes the session now and tells the client to drop its token.
     /// Writes after it start a new anonymous session.
+    ///
+    /// ```
+    /// # use tower_redis_sessions::{Session, SessionError};
+    /// async fn sign_out(session: Session) -> Result<(), SessionError> {
+    ///     session.logout().await
+    /// }
+    /// ```
     pub async fn logout(&self) -> Result<(), SessionError> {
         self.state().await.end(self.store()).await
     }
@@ -296,18 +377,40 @@ impl Session {
     /// The move is one atomic store call when the response is ready (in the
     /// same hash slot): the old token stops working exactly as the new one
     /// starts, and if the session was revoked meanwhile it stays revoked.
+    ///
+    /// ```
+    /// # use tower_redis_sessions::{Session, SessionError};
+    /// async fn after_privilege_change(session: Session) -> Result<(), SessionError> {
+    ///     session.cycle_id().await
+    /// }
+    /// ```
     pub async fn cycle_id(&self) -> Result<(), SessionError> {
         self.state().await.renew(self.store()).await
     }
 
     /// Sets this session's idle timeout (`None`: no idle expiry), for
     /// instance a longer one for "remember me".
+    ///
+    /// ```
+    /// # use tower_redis_sessions::{Session, SessionError};
+    /// async fn remember_me(session: Session) -> Result<(), SessionError> {
+    ///     let month = std::time::Duration::from_secs(30 * 24 * 3600);
+    ///     session.set_idle_timeout(Some(month)).await
+    /// }
+    /// ```
     pub async fn set_idle_timeout(&self, idle: Option<Duration>) -> Result<(), SessionError> {
         self.change(Change::IdleTimeout(idle)).await
     }
 
     /// Sets this session's absolute lifetime, counted from its creation
     /// (`None`: no absolute deadline).
+    ///
+    /// ```
+    /// # use tower_redis_sessions::{Session, SessionError};
+    /// async fn at_most_a_day(session: Session) -> Result<(), SessionError> {
+    ///     session.set_lifetime(Some(std::time::Duration::from_secs(24 * 3600))).await
+    /// }
+    /// ```
     pub async fn set_lifetime(&self, lifetime: Option<Duration>) -> Result<(), SessionError> {
         self.change(Change::Lifetime(lifetime)).await
     }
@@ -349,12 +452,31 @@ impl Session {
     }
 
     /// Removes a metadata field.
+    ///
+    /// ```
+    /// # use tower_redis_sessions::{Session, SessionError};
+    /// async fn forget_agent(session: Session) -> Result<(), SessionError> {
+    ///     session.remove_metadata("user_agent").await
+    /// }
+    /// ```
     pub async fn remove_metadata(&self, key: &str) -> Result<(), SessionError> {
         self.change(Change::Metadata(key.to_owned(), None)).await
     }
 
     /// The sessions of this session's user (all kinds), the current one
     /// marked. [`SessionError::NotLoggedIn`] if the session has no user.
+    ///
+    /// ```
+    /// # use tower_redis_sessions::{Session, SessionError};
+    /// async fn devices(session: Session) -> Result<Vec<String>, SessionError> {
+    ///     Ok(session
+    ///         .sessions()
+    ///         .await?
+    ///         .into_iter()
+    ///         .map(|s| s.label.unwrap_or_else(|| s.kind.clone()))
+    ///         .collect())
+    /// }
+    /// ```
     pub async fn sessions(&self) -> Result<Vec<SessionInfo>, SessionError> {
         let (user, id) = self.owner().await?;
         let records = self.store().list(&user, None).await?;
@@ -363,6 +485,17 @@ impl Session {
 
     /// Deletes one of the user's sessions by id. Returns whether it was one
     /// of theirs. Revoking the current session logs it out.
+    ///
+    /// ```
+    /// # use tower_redis_sessions::{Session, SessionError};
+    /// use tower_redis_sessions::SessionId;
+    /// async fn sign_out_device(session: Session, id: String) -> Result<bool, SessionError> {
+    ///     match SessionId::parse(&id) {
+    ///         Some(id) => session.revoke(&id).await,
+    ///         None => Ok(false),
+    ///     }
+    /// }
+    /// ```
     pub async fn revoke(&self, id: &SessionId) -> Result<bool, SessionError> {
         let (user, current) = self.owner().await?;
         if current == Some(*id) {
@@ -375,6 +508,13 @@ impl Session {
     /// Deletes all of the user's sessions except this one ("log out
     /// everywhere else"), of every kind. Returns how many were deleted;
     /// their in-flight writes find them gone and are not saved.
+    ///
+    /// ```
+    /// # use tower_redis_sessions::{Session, SessionError};
+    /// async fn everywhere_else(session: Session) -> Result<u64, SessionError> {
+    ///     session.revoke_others().await
+    /// }
+    /// ```
     pub async fn revoke_others(&self) -> Result<u64, SessionError> {
         self.revoke_others_where(None).await
     }
@@ -408,6 +548,15 @@ impl Session {
 
     /// Saves the changes now instead of when the response is ready (merging
     /// with concurrent writers as usual). Nothing happens if nothing changed.
+    ///
+    /// ```
+    /// # use tower_redis_sessions::{Session, SessionError};
+    /// async fn count(session: Session) -> Result<Option<u64>, SessionError> {
+    ///     session.update("n", |n: Option<u64>| n.unwrap_or(0) + 1).await?;
+    ///     session.save().await?;
+    ///     session.get("n").await // the value as stored, after any merge
+    /// }
+    /// ```
     pub async fn save(&self) -> Result<(), SessionError> {
         let mut state = self.state().await;
         state.commit(self.store(), &self.inner.policy).await
