@@ -71,6 +71,8 @@ mod record;
 mod session;
 pub mod store;
 mod token;
+#[cfg(feature = "tower-sessions")]
+pub mod tower_sessions;
 mod transport;
 
 pub use transport::CookieConfig;
