@@ -241,7 +241,6 @@ fn signing_key(secret: &[u8]) -> SigningKey {
     SigningKey { id, mac, aead }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

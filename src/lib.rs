@@ -77,9 +77,9 @@ mod transport;
 
 pub use transport::CookieConfig;
 
-pub use keyring::{KeyError, Keyring, MIN_SECRET_LEN};
 pub use cookie::SameSite;
 pub use error::SessionError;
+pub use keyring::{KeyError, Keyring, MIN_SECRET_LEN};
 pub use layer::{SessionLayer, SessionService};
 pub use record::{
     Data, MAX_METADATA_FIELDS, MAX_METADATA_KEY, MAX_METADATA_VALUE, Metadata, Millis, Record,
