@@ -337,7 +337,9 @@ impl TowerSessionsStore {
         user: &str,
         except: Option<&Id>,
     ) -> Result<u64, StoreError> {
-        let keep = except.map(|id| self.inner.session_key(id)).unwrap_or_default();
+        let keep = except
+            .map(|id| self.inner.session_key(id))
+            .unwrap_or_default();
         self.revoke(user, &keep, "").await
     }
 
@@ -413,7 +415,6 @@ impl Inner {
         (hash[0], key)
     }
 
-
     fn seal(&self, key: &str, record: &Record) -> Result<Vec<u8>, session_store::Error> {
         let body = serde_json::to_vec(&BodyRef {
             d: &record.data,
@@ -454,7 +455,9 @@ impl Inner {
             }
         };
         let Ok(body) = serde_json::from_slice::<Body>(&body) else {
-            tracing::warn!("stored tower-sessions record does not decode; treating it as no session");
+            tracing::warn!(
+                "stored tower-sessions record does not decode; treating it as no session"
+            );
             return None;
         };
         let expiry = OffsetDateTime::from_unix_timestamp(body.s)

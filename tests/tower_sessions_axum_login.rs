@@ -133,7 +133,10 @@ async fn login_list_revoke(store: TowerSessionsStore) {
     let listed: Vec<Value> = phone.get("/sessions").await.json().await.unwrap();
     assert_eq!(listed.len(), 2, "{listed:?}");
     assert_eq!(
-        listed.iter().filter(|s| s["current"] == json!(true)).count(),
+        listed
+            .iter()
+            .filter(|s| s["current"] == json!(true))
+            .count(),
         1
     );
     // Signing out the other devices: the laptop is no longer authenticated.
@@ -147,7 +150,11 @@ async fn login_list_revoke(store: TowerSessionsStore) {
     assert_eq!(laptop.me().await.0, 401, "the revoked device is logged out");
     assert_eq!(phone.me().await.0, 200);
     assert_eq!(phone.cookie().unwrap(), phone_id);
-    assert_eq!(bob.me().await.0, 200, "another user's sessions are untouched");
+    assert_eq!(
+        bob.me().await.0,
+        200,
+        "another user's sessions are untouched"
+    );
 
     // The laptop logs in again and is revoked by its handle.
     assert_eq!(laptop.login("alice", "wonderland").await, 200);
@@ -171,7 +178,11 @@ async fn login_list_revoke(store: TowerSessionsStore) {
     let mine = listed.iter().find(|s| s["current"] == json!(true)).unwrap();
     let response = bob
         .http
-        .delete(format!("{}/sessions/{}", app.base, mine["handle"].as_str().unwrap()))
+        .delete(format!(
+            "{}/sessions/{}",
+            app.base,
+            mine["handle"].as_str().unwrap()
+        ))
         .send()
         .await
         .unwrap();

@@ -35,8 +35,10 @@ fn assert_one_fcall(delta: &CommandStats, what: &str) {
 fn user_record(user: i64) -> Record {
     Record {
         id: Id::default(),
-        data: serde_json::from_value(json!({"axum-login.data": {"user_id": user, "auth_hash": [1]}}))
-            .unwrap(),
+        data: serde_json::from_value(
+            json!({"axum-login.data": {"user_id": user, "auth_hash": [1]}}),
+        )
+        .unwrap(),
         expiry_date: OffsetDateTime::now_utc() + Duration::hours(1),
     }
 }
@@ -60,20 +62,46 @@ async fn measure(store: &TowerSessionsStore, stats: impl Fn() -> CommandStats, l
     };
     step!("create (anonymous)", store.create(&mut anon).await.unwrap());
     let mut first = user_record(5);
-    step!("create (user, login)", store.create(&mut first).await.unwrap());
+    step!(
+        "create (user, login)",
+        store.create(&mut first).await.unwrap()
+    );
     let mut second = user_record(5);
-    step!("create (user, second device)", store.create(&mut second).await.unwrap());
-    step!("load", assert!(store.load(&first.id).await.unwrap().is_some()));
-    step!("load (missing)", assert!(store.load(&Id::default()).await.unwrap().is_none()));
+    step!(
+        "create (user, second device)",
+        store.create(&mut second).await.unwrap()
+    );
+    step!(
+        "load",
+        assert!(store.load(&first.id).await.unwrap().is_some())
+    );
+    step!(
+        "load (missing)",
+        assert!(store.load(&Id::default()).await.unwrap().is_none())
+    );
     anon.data.insert("n".into(), json!(2));
     step!("save", store.save(&anon).await.unwrap());
     step!("save (user)", store.save(&first).await.unwrap());
-    step!("list", assert_eq!(store.list_user_sessions("5").await.unwrap().len(), 2));
+    step!(
+        "list",
+        assert_eq!(store.list_user_sessions("5").await.unwrap().len(), 2)
+    );
     step!(
         "revoke one",
-        assert!(store.revoke_user_session("5", &session_handle(&second.id)).await.unwrap())
+        assert!(
+            store
+                .revoke_user_session("5", &session_handle(&second.id))
+                .await
+                .unwrap()
+        )
     );
-    step!("revoke all but one", store.revoke_user_sessions("5", Some(&first.id)).await.unwrap());
+    step!(
+        "revoke all but one",
+        store
+            .revoke_user_sessions("5", Some(&first.id))
+            .await
+            .unwrap()
+    );
     step!("delete (logout)", store.delete(&first.id).await.unwrap());
     step!("delete (anonymous)", store.delete(&anon.id).await.unwrap());
 }

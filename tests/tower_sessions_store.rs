@@ -158,7 +158,10 @@ async fn create_then_load_round_trips(d: Deployment) {
     f.store.create(&mut rec).await.unwrap();
     assert_eq!(rec.id, original, "a free id is kept");
     let loaded = f.store.load(&rec.id).await.unwrap().unwrap();
-    assert_eq!(loaded, rec, "id, data and expiry (to the nanosecond) come back");
+    assert_eq!(
+        loaded, rec,
+        "id, data and expiry (to the nanosecond) come back"
+    );
     // Redis expires the key at the record's expiry (ms).
     let key = f.key(&rec.id);
     let at = f.raw(&key, &[b"PEXPIRETIME", key.as_bytes()]).unwrap_int();
@@ -201,7 +204,10 @@ both!(delete_removes_the_session);
 
 async fn a_past_expiry_is_not_stored(d: Deployment) {
     let f = fixture(d).await;
-    let mut rec = record(json!({"n": 1}), OffsetDateTime::now_utc() - Duration::minutes(1));
+    let mut rec = record(
+        json!({"n": 1}),
+        OffsetDateTime::now_utc() - Duration::minutes(1),
+    );
     f.store.create(&mut rec).await.unwrap();
     assert!(!f.exists(&rec.id), "create writes nothing");
     assert!(f.store.load(&rec.id).await.unwrap().is_none());
@@ -211,7 +217,10 @@ async fn a_past_expiry_is_not_stored(d: Deployment) {
     live.expiry_date = OffsetDateTime::now_utc() - Duration::seconds(1);
     f.store.save(&live).await.unwrap();
     assert!(f.store.load(&live.id).await.unwrap().is_none());
-    assert!(!f.exists(&live.id), "a save with a past expiry ends the session");
+    assert!(
+        !f.exists(&live.id),
+        "a save with a past expiry ends the session"
+    );
 }
 both!(a_past_expiry_is_not_stored);
 
@@ -220,10 +229,16 @@ async fn a_record_past_its_expiry_by_the_app_clock_loads_as_none(d: Deployment) 
     // still in Redis, the record has expired for the application.
     let ahead = || common::stores::real_now() + 7_200_000;
     let f = fixture_with(d, |c| c.clock(ahead), false).await;
-    let mut rec = record(json!({"n": 1}), OffsetDateTime::now_utc() + Duration::hours(3));
+    let mut rec = record(
+        json!({"n": 1}),
+        OffsetDateTime::now_utc() + Duration::hours(3),
+    );
     f.store.create(&mut rec).await.unwrap();
     assert!(f.store.load(&rec.id).await.unwrap().is_some());
-    let mut soon = record(json!({"n": 1}), OffsetDateTime::now_utc() + Duration::hours(1));
+    let mut soon = record(
+        json!({"n": 1}),
+        OffsetDateTime::now_utc() + Duration::hours(1),
+    );
     f.store.create(&mut soon).await.unwrap();
     assert!(!f.exists(&soon.id), "expired by the app clock: not stored");
     assert!(f.store.load(&soon.id).await.unwrap().is_none());
@@ -269,7 +284,10 @@ async fn tampered_or_moved_blobs_load_as_none(d: Deployment) {
         let last = blob.len() - 1;
         blob[last] ^= 1;
         f.raw(&key, &[b"HSET", key.as_bytes(), b"b", &blob]);
-        assert!(f.store.load(&a.id).await.unwrap().is_none(), "encrypt={encrypt}");
+        assert!(
+            f.store.load(&a.id).await.unwrap().is_none(),
+            "encrypt={encrypt}"
+        );
 
         // A valid blob copied under another session's key does not open
         // there: records are bound to their key.
@@ -280,7 +298,10 @@ async fn tampered_or_moved_blobs_load_as_none(d: Deployment) {
         let (kb, kc) = (f.key(&b.id), f.key(&c.id));
         let admin = f.raw(&kb, &[b"HGET", kb.as_bytes(), b"b"]).unwrap_bytes();
         f.raw(&kc, &[b"HSET", kc.as_bytes(), b"b", &admin]);
-        assert!(f.store.load(&c.id).await.unwrap().is_none(), "encrypt={encrypt}");
+        assert!(
+            f.store.load(&c.id).await.unwrap().is_none(),
+            "encrypt={encrypt}"
+        );
         assert_eq!(f.store.load(&b.id).await.unwrap().unwrap(), b);
     }
 }
@@ -331,7 +352,10 @@ both!(oversized_records_are_refused);
 async fn a_users_sessions_are_listed_and_revoked(d: Deployment) {
     let f = fixture(d).await;
     let mut phone = record(axum_login_data(json!(42)), in_an_hour());
-    let mut laptop = record(axum_login_data(json!(42)), in_an_hour() + Duration::minutes(1));
+    let mut laptop = record(
+        axum_login_data(json!(42)),
+        in_an_hour() + Duration::minutes(1),
+    );
     let mut other = record(axum_login_data(json!("someone-else")), in_an_hour());
     let mut anon = record(json!({"n": 1}), in_an_hour());
     for rec in [&mut phone, &mut laptop, &mut other, &mut anon] {
@@ -359,7 +383,12 @@ async fn a_users_sessions_are_listed_and_revoked(d: Deployment) {
             .await
             .unwrap()
     );
-    assert!(!f.store.revoke_user_session("42", "not a handle").await.unwrap());
+    assert!(
+        !f.store
+            .revoke_user_session("42", "not a handle")
+            .await
+            .unwrap()
+    );
     assert!(
         f.store
             .revoke_user_session("42", &session_handle(&phone.id))
@@ -389,7 +418,14 @@ async fn a_users_sessions_are_listed_and_revoked(d: Deployment) {
     // Logging out (delete) takes the session out of the index.
     f.store.delete(&tablet.id).await.unwrap();
     assert!(f.store.list_user_sessions("42").await.unwrap().is_empty());
-    assert_eq!(f.store.list_user_sessions("someone-else").await.unwrap().len(), 1);
+    assert_eq!(
+        f.store
+            .list_user_sessions("someone-else")
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
 
     // A session whose user changes moves between indexes.
     other.data = serde_json::from_value(axum_login_data(json!(43))).unwrap();
@@ -429,7 +465,10 @@ async fn a_user_gained_without_a_new_id(d: Deployment) {
     f.store.create(&mut rec).await.unwrap();
     rec.data = serde_json::from_value(axum_login_data(json!(9))).unwrap();
     f.store.save(&rec).await.unwrap();
-    assert!(f.store.load(&rec.id).await.unwrap().is_some(), "saved either way");
+    assert!(
+        f.store.load(&rec.id).await.unwrap().is_some(),
+        "saved either way"
+    );
     let listed = f.store.list_user_sessions("9").await.unwrap();
     match d {
         Deployment::Standalone => assert_eq!(listed.len(), 1),
