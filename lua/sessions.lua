@@ -711,11 +711,27 @@ local function ts_index_put(index, key, exp, now)
   end
 end
 
+-- The sessions of `index` to end so that, with one more, it keeps at most
+-- `cap` live ones: the earliest to expire, at most PRUNE_BATCH (I5). Only
+-- reads, so the call can still fail before its first write (I7).
+local function ts_over_cap(index, now, cap)
+  local live = redis.call('ZCOUNT', index, '(' .. now, '+inf')
+  if live < cap then return {} end
+  local n = math.min(live + 1 - cap, PRUNE_BATCH)
+  local doomed = {}
+  for _, member in ipairs(redis.call('ZRANGEBYSCORE', index, '(' .. now, '+inf', 'LIMIT', 0, n)) do
+    if redis.call('HGET', member, 'x') == index then doomed[#doomed + 1] = member end
+  end
+  return doomed
+end
+
 --[[ ts_create
 KEYS[1] session key, KEYS[2] user index (optional)
-ARGV    blob, expiry (ms), now (ms), nonce
+ARGV    blob, expiry (ms), now (ms), nonce, cap (most live sessions per user)
 Reply   1 created, 0 the key is taken (nothing written), -1 the expiry has
         passed (nothing written)
+A user who already has `cap` live sessions loses the earliest to expire, so
+listing and revocation (which read at most WALK entries) reach them all.
 ]]
 local function ts_create(keys, args)
   local key, index = keys[1], keys[2] or ''
@@ -727,15 +743,23 @@ local function ts_create(keys, args)
   end
   if redis.call('EXISTS', key) == 1 then return 0 end
   if exp <= now then return -1 end
+  local doomed = {}
+  if index ~= '' then doomed = ts_over_cap(index, args[3], tonumber(args[5])) end
   redis.call('HSET', key, 'b', args[1], 'x', index, 'n', nonce)
   redis.call('PEXPIREAT', key, exp)
-  if index ~= '' then ts_index_put(index, key, exp, now) end
+  if index ~= '' then
+    for _, member in ipairs(doomed) do
+      redis.call('DEL', member)
+      redis.call('ZREM', index, member)
+    end
+    ts_index_put(index, key, exp, now)
+  end
   return 1
 end
 
 --[[ ts_save
 KEYS[1] session key, KEYS[2] user index (optional)
-ARGV    blob, expiry (ms), now (ms)
+ARGV    blob, expiry (ms), now (ms), cap (as for ts_create)
 Reply   1 saved, 0 no such session (deleted or expired: nothing written, it
         stays gone), -1 the expiry has passed (the session is deleted)
 ]]
@@ -750,10 +774,20 @@ local function ts_save(keys, args)
     if old ~= '' then redis.call('ZREM', old, key) end
     return -1
   end
+  local doomed = {}
+  if index ~= '' and old ~= index then
+    doomed = ts_over_cap(index, args[3], tonumber(args[4]))
+  end
   redis.call('HSET', key, 'b', args[1], 'x', index)
   redis.call('PEXPIREAT', key, exp)
   if old ~= '' and old ~= index then redis.call('ZREM', old, key) end
-  if index ~= '' then ts_index_put(index, key, exp, now) end
+  if index ~= '' then
+    for _, member in ipairs(doomed) do
+      redis.call('DEL', member)
+      redis.call('ZREM', index, member)
+    end
+    ts_index_put(index, key, exp, now)
+  end
   return 1
 end
 

@@ -152,6 +152,8 @@ struct Inner {
     prefix: String,
     clock: Clock,
     max_listed: usize,
+    /// [`StoreConfig::max_sessions_per_user`], as the text sent to Redis.
+    max_sessions_per_user: String,
     cluster: bool,
     warned_unindexed: AtomicBool,
 }
@@ -253,6 +255,7 @@ impl TowerSessionsStore {
                 prefix: config.prefix,
                 clock: config.clock,
                 max_listed: config.max_listed,
+                max_sessions_per_user: config.max_sessions_per_user.to_string(),
                 cluster,
                 warned_unindexed: AtomicBool::new(false),
             }),
@@ -556,7 +559,13 @@ impl SessionStore for TowerSessionsStore {
             if let Some((_, index)) = &index {
                 keys.push(index);
             }
-            let args: [&[u8]; 4] = [&blob, exp.as_bytes(), now.as_bytes(), nonce.as_bytes()];
+            let args: [&[u8]; 5] = [
+                &blob,
+                exp.as_bytes(),
+                now.as_bytes(),
+                nonce.as_bytes(),
+                inner.max_sessions_per_user.as_bytes(),
+            ];
             match inner.call_i64("ts_create", &keys, &args).await? {
                 0 => {
                     record.id = match &index {
@@ -599,7 +608,12 @@ impl SessionStore for TowerSessionsStore {
         }
         let exp = expiry_millis(record.expiry_date).to_string();
         let now = inner.now().to_string();
-        let args: [&[u8]; 3] = [&blob, exp.as_bytes(), now.as_bytes()];
+        let args: [&[u8]; 4] = [
+            &blob,
+            exp.as_bytes(),
+            now.as_bytes(),
+            inner.max_sessions_per_user.as_bytes(),
+        ];
         inner.call_i64("ts_save", &keys, &args).await?;
         Ok(())
     }

@@ -492,3 +492,26 @@ async fn an_unreachable_redis_is_unavailable() {
     let mut rec = record(json!({}), in_an_hour());
     assert!(is_unavailable(&store.create(&mut rec).await.unwrap_err()));
 }
+
+async fn a_user_keeps_at_most_max_sessions_per_user(d: Deployment) {
+    let f = fixture_with(d, |c| c.max_sessions_per_user(2), false).await;
+    let mut sessions = Vec::new();
+    for minutes in [10, 20, 30] {
+        let mut rec = record(
+            axum_login_data(json!("capped")),
+            in_an_hour() + Duration::minutes(minutes),
+        );
+        f.store.create(&mut rec).await.unwrap();
+        sessions.push(rec);
+    }
+    // The third login ended the session closest to its expiry.
+    assert!(f.store.load(&sessions[0].id).await.unwrap().is_none());
+    assert!(!f.exists(&sessions[0].id));
+    let listed = f.store.list_user_sessions("capped").await.unwrap();
+    let handles: Vec<_> = listed.into_iter().map(|s| s.handle).collect();
+    assert_eq!(
+        handles,
+        vec![session_handle(&sessions[1].id), session_handle(&sessions[2].id)]
+    );
+}
+both!(a_user_keeps_at_most_max_sessions_per_user);
