@@ -718,3 +718,104 @@ where
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(data: serde_json::Value) -> Record {
+        Record {
+            id: Id(42),
+            data: serde_json::from_value(data).unwrap(),
+            expiry_date: OffsetDateTime::UNIX_EPOCH,
+        }
+    }
+
+    #[test]
+    fn axum_login_users_are_named_as_text() {
+        let of = |user| {
+            axum_login_user(&record(
+                serde_json::json!({AXUM_LOGIN_DATA_KEY: {"user_id": user, "auth_hash": [1]}}),
+            ))
+        };
+        assert_eq!(of(serde_json::json!(42)).as_deref(), Some("42"));
+        assert_eq!(of(serde_json::json!("alice")).as_deref(), Some("alice"));
+        assert_eq!(
+            of(serde_json::json!({"org": 1, "id": 2})).as_deref(),
+            Some(r#"{"id":2,"org":1}"#)
+        );
+        assert_eq!(of(serde_json::Value::Null), None);
+        assert_eq!(
+            axum_login_user(&record(serde_json::json!({"other": 1}))),
+            None
+        );
+    }
+
+    #[test]
+    fn handles_are_the_hash_in_the_key() {
+        let id = Id(-7);
+        let handle = session_handle(&id);
+        assert_eq!(handle.len(), 43);
+        assert_eq!(URL_SAFE_NO_PAD.decode(&handle).unwrap(), id_hash(&id));
+    }
+
+    #[test]
+    fn expiry_millis_floors_and_clamps() {
+        let at = OffsetDateTime::from_unix_timestamp_nanos(1_700_000_000_123_999_999).unwrap();
+        assert_eq!(expiry_millis(at), 1_700_000_000_123);
+        assert_eq!(
+            expiry_millis(OffsetDateTime::UNIX_EPOCH - time::Duration::days(1)),
+            0
+        );
+    }
+
+    #[test]
+    fn routed_ids_land_on_the_route() {
+        for route in [0u8, 7, 255] {
+            let id = Inner::routed_id(route).unwrap();
+            assert_eq!(id_hash(&id)[0], route);
+        }
+    }
+
+    #[test]
+    fn unavailable_is_told_by_the_message() {
+        let outage = backend(StoreError::Unavailable("down".into()));
+        assert!(is_unavailable(&outage));
+        let fault = backend(StoreError::Invalid("bad"));
+        assert!(!is_unavailable(&fault));
+        let big = backend(StoreError::TooLarge { size: 2, max: 1 });
+        assert!(matches!(big, session_store::Error::Encode(_)));
+    }
+
+    #[test]
+    fn sealed_bytes_open_only_under_their_binding_and_keys() {
+        use crate::envelope::OpenError;
+        use crate::keyring::Keyring;
+        for encrypt in [false, true] {
+            let keyring = Keyring::new([1u8; 32]).unwrap().encrypt_records(encrypt);
+            let codec = Codec::new(keyring.clone(), 1024);
+            let blob = codec.seal_bytes("k1", b"body").unwrap();
+            assert_eq!(contains(&blob, b"body"), !encrypt);
+            assert_eq!(codec.open_bytes(&blob, "k1").unwrap(), b"body");
+            assert_eq!(codec.open_bytes(&blob, "k2"), Err(OpenError::BadMac));
+            let stranger = Codec::new(Keyring::new([2u8; 32]).unwrap(), 1024);
+            assert_eq!(stranger.open_bytes(&blob, "k1"), Err(OpenError::UnknownKey));
+            let rotated = Codec::new(keyring.rotate([3u8; 32]).unwrap(), 1024);
+            assert_eq!(rotated.open_bytes(&blob, "k1").unwrap(), b"body");
+            let small = Codec::new(Keyring::new([1u8; 32]).unwrap(), 8);
+            assert_eq!(small.open_bytes(&blob, "k1"), Err(OpenError::TooLarge));
+            let mut flipped = blob.clone();
+            let last = flipped.len() - 1;
+            flipped[last] ^= 1;
+            assert_eq!(codec.open_bytes(&flipped, "k1"), Err(OpenError::BadMac));
+            assert_eq!(
+                codec.open_bytes(&blob[..3], "k1"),
+                Err(OpenError::Truncated)
+            );
+        }
+    }
+
+    fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+        haystack.windows(needle.len()).any(|w| w == needle)
+    }
+}

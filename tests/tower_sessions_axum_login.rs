@@ -238,3 +238,69 @@ async fn redis_down_answers_503_not_500() {
     assert_eq!(phone.login("alice", "wonderland").await, 200);
     assert_eq!(phone.me().await.0, 200);
 }
+
+/// Plain tower-sessions (no axum-login): a handler that reads its session
+/// while Redis is down fails inside tower-sessions' `Session`; the handler
+/// answers 503 by testing the error with `is_unavailable`, and tower-sessions'
+/// own 500 for a failed end-of-request save becomes 503 under
+/// `StoreOutageLayer` (and stays 500 without it).
+#[tokio::test]
+async fn tower_sessions_answers_500_and_the_outage_layer_503() {
+    use axum::Router;
+    use axum::http::StatusCode;
+    use axum::routing::{get, post};
+    use tower_redis_sessions::tower_sessions::{StoreOutageLayer, is_unavailable};
+    use tower_sessions::{Session, SessionManagerLayer, session};
+
+    async fn read(session: Session) -> StatusCode {
+        match session.get::<u64>("n").await {
+            Ok(_) => StatusCode::OK,
+            Err(session::Error::Store(e)) if is_unavailable(&e) => StatusCode::SERVICE_UNAVAILABLE,
+            Err(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+    // Writes without reading: the store is first met by the final save.
+    async fn write(session: Session) -> StatusCode {
+        match session.insert("n", 1u64).await {
+            Ok(()) => StatusCode::OK,
+            Err(_) => StatusCode::IM_A_TEAPOT,
+        }
+    }
+
+    let mut server = RedisServer::start();
+    let store = RedisStore::builder(config())
+        .pool_size(1)
+        .connect_timeout(Duration::from_millis(300))
+        .connect_tower_sessions(&server.url())
+        .await
+        .unwrap();
+    let routes = || {
+        Router::new()
+            .route("/read", get(read))
+            .route("/write", post(write))
+    };
+    let layer = SessionManagerLayer::new(store).with_secure(false);
+    let bare = routes().layer(layer.clone());
+    let wrapped = routes().layer(layer).layer(StoreOutageLayer::new());
+    server.stop();
+    for (router, save_status) in [(bare, 500), (wrapped, 503)] {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let task = tokio::spawn(async move {
+            axum::serve(listener, router).await.unwrap();
+        });
+        let http = reqwest::Client::builder().no_proxy().build().unwrap();
+        // A cookie, so the read has a session to load.
+        let cookie = "id=AAAAAAAAAAAAAAAAAAAAAA";
+        let read = http
+            .get(format!("{base}/read"))
+            .header("cookie", cookie)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(read.status(), 503);
+        let write = http.post(format!("{base}/write")).send().await.unwrap();
+        assert_eq!(write.status().as_u16(), save_status);
+        task.abort();
+    }
+}

@@ -511,7 +511,10 @@ async fn a_user_keeps_at_most_max_sessions_per_user(d: Deployment) {
     let handles: Vec<_> = listed.into_iter().map(|s| s.handle).collect();
     assert_eq!(
         handles,
-        vec![session_handle(&sessions[1].id), session_handle(&sessions[2].id)]
+        vec![
+            session_handle(&sessions[1].id),
+            session_handle(&sessions[2].id)
+        ]
     );
 }
 both!(a_user_keeps_at_most_max_sessions_per_user);
