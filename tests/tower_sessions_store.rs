@@ -518,3 +518,42 @@ async fn a_user_keeps_at_most_max_sessions_per_user(d: Deployment) {
     );
 }
 both!(a_user_keeps_at_most_max_sessions_per_user);
+
+/// At `maxmemory` (noeviction) Redis refuses what stores a record: create
+/// and save fail as unavailable (503), writing nothing, while loads, logout
+/// (delete), listing and revocation keep working.
+#[tokio::test]
+async fn at_maxmemory_writes_are_unavailable_and_the_rest_works() {
+    let server = RedisServer::start();
+    let store = RedisStore::builder(StoreConfig::new(keyring(false)).prefix("oom:"))
+        .pool_size(1)
+        .connect_tower_sessions(&server.url())
+        .await
+        .unwrap()
+        .with_axum_login_index();
+    let mut a = record(axum_login_data(json!(1)), in_an_hour());
+    let mut b = record(axum_login_data(json!(1)), in_an_hour());
+    store.create(&mut a).await.unwrap();
+    store.create(&mut b).await.unwrap();
+    assert_eq!(server.cmd(&["CONFIG", "SET", "maxmemory", "1"]), "OK");
+
+    let mut c = record(axum_login_data(json!(1)), in_an_hour());
+    let err = store.create(&mut c).await.unwrap_err();
+    assert!(is_unavailable(&err), "{err:?}");
+    a.data.insert("changed".into(), json!(true));
+    assert!(is_unavailable(&store.save(&a).await.unwrap_err()));
+    let loaded = store.load(&a.id).await.unwrap().unwrap();
+    assert!(
+        !loaded.data.contains_key("changed"),
+        "the refused save wrote nothing"
+    );
+    assert_eq!(store.list_user_sessions("1").await.unwrap().len(), 2);
+    store.delete(&b.id).await.unwrap();
+    assert!(store.load(&b.id).await.unwrap().is_none());
+    assert_eq!(store.revoke_user_sessions("1", None).await.unwrap(), 1);
+    assert!(store.load(&a.id).await.unwrap().is_none());
+
+    assert_eq!(server.cmd(&["CONFIG", "SET", "maxmemory", "0"]), "OK");
+    store.create(&mut c).await.unwrap();
+    assert!(store.load(&c.id).await.unwrap().is_some());
+}
