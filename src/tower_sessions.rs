@@ -33,7 +33,9 @@
 //! - **A user index** (opt-in): with [`with_user_index`] or
 //!   [`with_axum_login_index`], the sessions of a user can be listed
 //!   ([`list_user_sessions`]) and revoked ([`revoke_user_sessions`],
-//!   [`revoke_user_session`]).
+//!   [`revoke_user_session`]). A user keeps at most
+//!   [`StoreConfig::max_sessions_per_user`] live sessions: a login beyond
+//!   ends the ones closest to expiry, in the same call.
 //!
 //! What it cannot keep: tower-sessions saves whole records, so two
 //! concurrent requests of one session each write their own copy and the
