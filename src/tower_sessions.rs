@@ -533,7 +533,12 @@ fn backend(error: StoreError) -> session_store::Error {
     if error.is_unavailable() {
         // Outside a `StoreOutageLayer`'s scope there is nothing to mark.
         let _ = OUTAGE.try_with(|outage| outage.set(true));
-        return session_store::Error::Backend(format!("{UNAVAILABLE}{error}"));
+        let message = match error {
+            // Its own text already starts the same way.
+            StoreError::Unavailable(reason) => reason,
+            other => other.to_string(),
+        };
+        return session_store::Error::Backend(format!("{UNAVAILABLE}{message}"));
     }
     match error {
         StoreError::TooLarge { .. } => session_store::Error::Encode(error.to_string()),
@@ -787,6 +792,9 @@ mod tests {
     fn unavailable_is_told_by_the_message() {
         let outage = backend(StoreError::Unavailable("down".into()));
         assert!(is_unavailable(&outage));
+        assert_eq!(outage.to_string(), "session store unavailable: down");
+        let slow = backend(StoreError::Timeout(std::time::Duration::from_secs(1)));
+        assert!(is_unavailable(&slow));
         let fault = backend(StoreError::Invalid("bad"));
         assert!(!is_unavailable(&fault));
         let big = backend(StoreError::TooLarge { size: 2, max: 1 });
