@@ -679,3 +679,205 @@ register('TRS_LIB_delete', delete, {'allow-oom'})
 register('TRS_LIB_retire', retire, {'allow-oom'})
 register('TRS_LIB_list', list, {'allow-oom'})
 register('TRS_LIB_revoke', revoke, {'allow-oom'})
+
+--[[ tower-sessions adapter (feature `tower-sessions`)
+
+Keys (P = key prefix, G = two hex digits routing the key)
+  P{G}:t:<h>      hash, one tower-sessions record. <h> = base64url(SHA-256
+                  of the 16 bytes of the session id): Redis never sees the
+                  id the cookie carries. G = the first byte of that SHA-256
+                  in hex; a session created for a user gets an id whose G is
+                  the user's, so it shares the user's slot.
+                    b  sealed blob (envelope bound to the key name)
+                    x  name of the owner's user index ("" = none)
+                    n  nonce of the create that made it (a create re-sent
+                       after a lost reply recognises its own write)
+                  Key expiry (PEXPIREAT) = the record's expiry_date.
+  P{G}:tu:<uid>   sorted set, a user's index: member = session key name,
+                  score = its expiry (ms). Its own expiry is at least its
+                  highest score. On Redis Cluster only sessions of the
+                  index's slot are ever entered (the adapter checks), so
+                  every call below touches one slot.
+Sessions named by an index, and the index named by a session's `x`, are
+reached without being declared; they share the declared key's hash tag. An
+absent undeclared session key during a migration ends the call with
+MIGRATING before any write (I7).
+]]
+
+-- Enters `key` (expiring at `exp`) in `index`; drops dead entries.
+local function ts_index_put(index, key, exp, now)
+  redis.call('ZREMRANGEBYSCORE', index, '-inf', now)
+  redis.call('ZADD', index, exp, key)
+  local cur = redis.call('PEXPIRETIME', index)
+  if cur >= 0 and cur < exp or cur == -1 then
+    redis.call('PEXPIREAT', index, exp)
+  end
+end
+
+-- The sessions of `index` to end so that, with one more, it keeps at most
+-- `cap` live ones: the earliest to expire, at most PRUNE_BATCH (I5). Only
+-- reads, so the call can still fail before its first write (I7).
+local function ts_over_cap(index, now, cap)
+  local live = redis.call('ZCOUNT', index, '(' .. now, '+inf')
+  if live < cap then return {} end
+  local n = math.min(live + 1 - cap, PRUNE_BATCH)
+  local doomed = {}
+  for _, member in ipairs(redis.call('ZRANGEBYSCORE', index, '(' .. now, '+inf', 'LIMIT', 0, n)) do
+    if redis.call('HGET', member, 'x') == index then doomed[#doomed + 1] = member end
+  end
+  return doomed
+end
+
+--[[ ts_create
+KEYS[1] session key, KEYS[2] user index (optional)
+ARGV    blob, expiry (ms), now (ms), nonce, cap (most live sessions per user)
+Reply   1 created, 0 the key is taken (nothing written), -1 the expiry has
+        passed (nothing written)
+A user who already has `cap` live sessions loses the earliest to expire, so
+listing and revocation (which read at most WALK entries) reach them all.
+]]
+local function ts_create(keys, args)
+  local key, index = keys[1], keys[2] or ''
+  local exp, now, nonce = tonumber(args[2]), tonumber(args[3]), args[4]
+  local seen = redis.call('HGET', key, 'n')
+  if seen then
+    if seen == nonce then return 1 end
+    return 0
+  end
+  if redis.call('EXISTS', key) == 1 then return 0 end
+  if exp <= now then return -1 end
+  local doomed = {}
+  if index ~= '' then doomed = ts_over_cap(index, args[3], tonumber(args[5])) end
+  redis.call('HSET', key, 'b', args[1], 'x', index, 'n', nonce)
+  redis.call('PEXPIREAT', key, exp)
+  if index ~= '' then
+    for _, member in ipairs(doomed) do
+      redis.call('DEL', member)
+      redis.call('ZREM', index, member)
+    end
+    ts_index_put(index, key, exp, now)
+  end
+  return 1
+end
+
+--[[ ts_save
+KEYS[1] session key, KEYS[2] user index (optional)
+ARGV    blob, expiry (ms), now (ms), cap (as for ts_create)
+Reply   1 saved, 0 no such session (deleted or expired: nothing written, it
+        stays gone), -1 the expiry has passed (the session is deleted)
+]]
+local function ts_save(keys, args)
+  local key, index = keys[1], keys[2] or ''
+  local exp, now = tonumber(args[2]), tonumber(args[3])
+  local old = redis.call('HGET', key, 'x')
+  if not old then return 0 end
+  if old ~= '' and old ~= index then redis.call('ZSCORE', old, key) end
+  if exp <= now then
+    redis.call('DEL', key)
+    if old ~= '' then redis.call('ZREM', old, key) end
+    return -1
+  end
+  local doomed = {}
+  if index ~= '' and old ~= index then
+    doomed = ts_over_cap(index, args[3], tonumber(args[4]))
+  end
+  redis.call('HSET', key, 'b', args[1], 'x', index)
+  redis.call('PEXPIREAT', key, exp)
+  if old ~= '' and old ~= index then redis.call('ZREM', old, key) end
+  if index ~= '' then
+    for _, member in ipairs(doomed) do
+      redis.call('DEL', member)
+      redis.call('ZREM', index, member)
+    end
+    ts_index_put(index, key, exp, now)
+  end
+  return 1
+end
+
+--[[ ts_load
+KEYS[1] session key
+Reply   the sealed blob, or nil
+]]
+local function ts_load(keys, args)
+  return redis.call('HGET', keys[1], 'b')
+end
+
+--[[ ts_delete
+KEYS[1] session key
+Reply   1 deleted, 0 there was none
+]]
+local function ts_delete(keys, args)
+  local key = keys[1]
+  local index = redis.call('HGET', key, 'x')
+  if not index then return 0 end
+  if index ~= '' then redis.call('ZSCORE', index, key) end
+  redis.call('DEL', key)
+  if index ~= '' then redis.call('ZREM', index, key) end
+  return 1
+end
+
+-- The live sessions `index` names and owns, earliest expiry first (at most
+-- WALK), and the members to drop (vanished or owned by another index).
+local function ts_walk(index, now)
+  local members = redis.call('ZRANGEBYSCORE', index, '(' .. now, '+inf', 'LIMIT', 0, WALK)
+  local rows, stale = {}, {}
+  for _, member in ipairs(members) do
+    local f = redis.call('HMGET', member, 'b', 'x')
+    if f[1] and f[2] == index then
+      rows[#rows + 1] = {member, f[1]}
+    else
+      if not f[1] then unsure(member) end
+      stale[#stale + 1] = member
+    end
+  end
+  return rows, stale
+end
+
+local function ts_drop_members(index, members, now)
+  for _, member in ipairs(members) do redis.call('ZREM', index, member) end
+  redis.call('ZREMRANGEBYSCORE', index, '-inf', now)
+  if redis.call('ZCARD', index) == 0 then redis.call('DEL', index) end
+end
+
+--[[ ts_list
+KEYS[1] user index
+ARGV    now (ms), limit
+Reply   {{session key, blob}, ...}, earliest expiry first
+]]
+local function ts_list(keys, args)
+  local index, now, limit = keys[1], args[1], tonumber(args[2])
+  local rows, stale = ts_walk(index, now)
+  local out = {}
+  for i = 1, math.min(limit, #rows) do out[i] = rows[i] end
+  ts_drop_members(index, stale, now)
+  return out
+end
+
+--[[ ts_revoke
+KEYS[1] user index
+ARGV    now (ms), session key to keep ("" = none), the only session key to
+        revoke ("" = all of the index's but the kept one)
+Reply   number of sessions deleted
+]]
+local function ts_revoke(keys, args)
+  local index, now, keep, only = keys[1], args[1], args[2], args[3]
+  local rows, stale = ts_walk(index, now)
+  local n = 0
+  for _, row in ipairs(rows) do
+    local member = row[1]
+    if member ~= keep and (only == '' or member == only) then
+      redis.call('DEL', member)
+      stale[#stale + 1] = member
+      n = n + 1
+    end
+  end
+  ts_drop_members(index, stale, now)
+  return n
+end
+
+register('TRS_LIB_ts_create', ts_create, {})
+register('TRS_LIB_ts_save', ts_save, {})
+register('TRS_LIB_ts_load', ts_load, {'allow-oom'})
+register('TRS_LIB_ts_delete', ts_delete, {'allow-oom'})
+register('TRS_LIB_ts_list', ts_list, {'allow-oom'})
+register('TRS_LIB_ts_revoke', ts_revoke, {'allow-oom'})

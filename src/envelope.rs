@@ -351,6 +351,113 @@ fn mac_input(mac: HmacSha256, header: &[u8], binding: &str, body: &[u8]) -> Hmac
         .chain_update(body)
 }
 
+/// Envelopes around any body (the tower-sessions adapter's records): the
+/// same formats, keys and binding as records, without the CBOR record body.
+#[cfg(feature = "tower-sessions")]
+impl Codec {
+    /// `body` sealed for `binding` in the keyring's format (encrypted when
+    /// [`Keyring::encrypt_records`] is on). `None` only if the OS random
+    /// generator fails (for an encryption nonce) or the keyring is empty.
+    pub(crate) fn seal_bytes(&self, binding: &str, body: &[u8]) -> Option<Vec<u8>> {
+        let key = self.keyring.keys.first()?;
+        if self.keyring.encrypt {
+            let mut out = Vec::with_capacity(SEALED_HEADER_LEN + body.len() + TAG_LEN);
+            out.push(FORMAT_SEALED);
+            out.extend_from_slice(&key.id);
+            let mut nonce = [0u8; NONCE_LEN];
+            getrandom::fill(&mut nonce).ok()?;
+            out.extend_from_slice(&nonce);
+            out.extend_from_slice(body);
+            let (header, body) = out.split_at_mut(SEALED_HEADER_LEN);
+            let nonce = XNonce::try_from(&header[1 + KEY_ID_LEN..]).ok()?;
+            let aad = associated_data(&header[..1 + KEY_ID_LEN], binding);
+            let tag = key
+                .aead
+                .encrypt_inout_detached(&nonce, &aad, body.into())
+                .ok()?;
+            out.extend_from_slice(&tag);
+            return Some(out);
+        }
+        let mut out = Vec::with_capacity(HEADER_LEN + body.len());
+        out.push(FORMAT);
+        out.extend_from_slice(&key.id);
+        let tag = mac_input(key.mac.clone(), &out, binding, body)
+            .finalize()
+            .into_bytes();
+        out.extend_from_slice(&tag);
+        out.extend_from_slice(body);
+        Some(out)
+    }
+
+    /// The body of a blob [`seal_bytes`](Codec::seal_bytes) made for
+    /// `binding`, verified (in constant time) or decrypted with any key of
+    /// the keyring; the size limit applies as to records.
+    pub(crate) fn open_bytes(&self, blob: &[u8], binding: &str) -> Result<Vec<u8>, OpenError> {
+        if blob.len() > self.max_sealed {
+            return Err(OpenError::TooLarge);
+        }
+        match blob.first() {
+            Some(&FORMAT) => {}
+            Some(&FORMAT_SEALED) => return self.open_encrypted_bytes(blob, binding),
+            Some(_) => return Err(OpenError::Format),
+            None => return Err(OpenError::Truncated),
+        }
+        if blob.len() < HEADER_LEN {
+            return Err(OpenError::Truncated);
+        }
+        let (id, tag, body) = (
+            &blob[1..1 + KEY_ID_LEN],
+            &blob[1 + KEY_ID_LEN..HEADER_LEN],
+            &blob[HEADER_LEN..],
+        );
+        let mut known = false;
+        for key in self.keyring.keys.iter().filter(|k| k.id == id) {
+            known = true;
+            if mac_input(key.mac.clone(), &blob[..1 + KEY_ID_LEN], binding, body)
+                .verify_slice(tag)
+                .is_ok()
+            {
+                return Ok(body.to_vec());
+            }
+        }
+        Err(if known {
+            OpenError::BadMac
+        } else {
+            OpenError::UnknownKey
+        })
+    }
+
+    fn open_encrypted_bytes(&self, blob: &[u8], binding: &str) -> Result<Vec<u8>, OpenError> {
+        if blob.len() < SEALED_HEADER_LEN + TAG_LEN {
+            return Err(OpenError::Truncated);
+        }
+        let (header, rest) = blob.split_at(SEALED_HEADER_LEN);
+        let (ciphertext, tag) = rest.split_at(rest.len() - TAG_LEN);
+        let id = &header[1..1 + KEY_ID_LEN];
+        let nonce =
+            XNonce::try_from(&header[1 + KEY_ID_LEN..]).map_err(|_| OpenError::Truncated)?;
+        let tag = chacha20poly1305::Tag::try_from(tag).map_err(|_| OpenError::Truncated)?;
+        let aad = associated_data(&header[..1 + KEY_ID_LEN], binding);
+        let mut known = false;
+        for key in self.keyring.keys.iter().filter(|k| k.id == id) {
+            known = true;
+            let mut body = ciphertext.to_vec();
+            if key
+                .aead
+                .decrypt_inout_detached(&nonce, &aad, body.as_mut_slice().into(), &tag)
+                .is_ok()
+            {
+                return Ok(body);
+            }
+        }
+        Err(if known {
+            OpenError::BadMac
+        } else {
+            OpenError::UnknownKey
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

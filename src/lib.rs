@@ -18,6 +18,7 @@
 //! | [`Session`] | the request's session (also an axum extractor): typed values, `update`, login, logout, the user's other sessions |
 //! | [`store::SessionStore`] | where sessions live: [`RedisStore`] (Redis, Redis Cluster) or [`MemoryStore`] (in process) |
 //! | [`StoreConfig`], [`Keyring`] | key prefix, expiry bookkeeping, limits; signing and routing keys |
+//! | `tower_sessions::TowerSessionsStore` (feature `tower-sessions`) | a store for tower-sessions 0.14 and axum-login apps: hashed ids, sealed records, no resurrection, users' sessions listed and revoked |
 //!
 //! # Example
 //!
@@ -71,6 +72,8 @@ mod record;
 mod session;
 pub mod store;
 mod token;
+#[cfg(feature = "tower-sessions")]
+pub mod tower_sessions;
 mod transport;
 
 pub use cookie::SameSite;

@@ -138,6 +138,37 @@ impl RedisStore {
     }
 }
 
+/// For stores built on the same connections and library (the
+/// tower-sessions adapter).
+#[cfg(feature = "tower-sessions")]
+impl RedisStore {
+    /// One `FCALL` of the library function `<library>_<function>`, with the
+    /// store's re-registration, timeouts and error mapping.
+    pub(crate) async fn call_function<T: FromRedisValue>(
+        &self,
+        function: &str,
+        keys: &[&str],
+        args: &[&[u8]],
+    ) -> Result<T, StoreError> {
+        let mut cmd = redis::cmd("FCALL");
+        cmd.arg(format!("{}_{function}", self.library_name()))
+            .arg(keys.len())
+            .arg(keys);
+        for arg in args {
+            cmd.arg(*arg);
+        }
+        self.core.backend.fcall(cmd).await
+    }
+}
+
+#[cfg(feature = "tower-sessions")]
+impl RedisStoreBuilder {
+    /// The store configuration the builder was made with.
+    pub(crate) fn store_config(&self) -> &StoreConfig {
+        &self.config
+    }
+}
+
 impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisStore")
