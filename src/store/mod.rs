@@ -41,9 +41,13 @@ mod library;
 mod memory;
 mod pool;
 mod redis;
+mod sentinel;
+mod tls;
 
 pub use self::memory::MemoryStore;
+pub use self::redis::preload::{LibraryMode, library_name, library_source};
 pub use self::redis::{RedisStore, RedisStoreBuilder};
+pub use self::tls::TlsConfig;
 
 /// The future every [`SessionStore`] method returns.
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;

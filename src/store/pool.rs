@@ -27,6 +27,8 @@ use tokio::sync::Semaphore;
 pub(crate) enum Pool {
     Single(deadpool_redis::Pool),
     Cluster(deadpool_redis::cluster::Pool),
+    /// The primary the sentinels name, looked up for each new connection.
+    Sentinel(deadpool_redis::sentinel::Pool),
 }
 
 impl Pool {
@@ -34,6 +36,7 @@ impl Pool {
         match self {
             Pool::Single(p) => p.status().max_size,
             Pool::Cluster(p) => p.status().max_size,
+            Pool::Sentinel(p) => p.status().max_size,
         }
     }
 
@@ -47,6 +50,10 @@ impl Pool {
                 let held = p.timeout_get(timeouts).await?;
                 (Conn::Cluster((*held).clone()), Held::Cluster(held))
             }
+            Pool::Sentinel(p) => {
+                let held = p.timeout_get(timeouts).await?;
+                (Conn::Single((*held).clone()), Held::Sentinel(held))
+            }
         })
     }
 }
@@ -55,6 +62,7 @@ impl Pool {
 enum Held {
     Single(deadpool_redis::Connection),
     Cluster(deadpool_redis::cluster::Connection),
+    Sentinel(deadpool_redis::sentinel::Connection),
 }
 
 impl Held {
@@ -64,6 +72,7 @@ impl Held {
         match self {
             Held::Single(c) => drop(deadpool_redis::Connection::take(c)),
             Held::Cluster(c) => drop(deadpool_redis::cluster::Connection::take(c)),
+            Held::Sentinel(c) => drop(deadpool_redis::sentinel::Connection::take(c)),
         }
     }
 }
@@ -265,6 +274,17 @@ fn lock(slot: &Mutex<Option<Lease>>) -> std::sync::MutexGuard<'_, Option<Lease>>
 }
 
 /// Errors after which a connection cannot be trusted to carry more calls.
+/// `READONLY` means the node was demoted to a replica (a failover): a new
+/// connection finds the new primary (through the sentinels, or DNS), and the
+/// refused call wrote nothing, so it is safe to send again.
 fn is_broken(e: &RedisError) -> bool {
-    e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error()
+    e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_unrecoverable_error()
+        || matches!(
+            e.kind(),
+            deadpool_redis::redis::ErrorKind::Server(
+                deadpool_redis::redis::ServerErrorKind::ReadOnly
+            )
+        )
 }

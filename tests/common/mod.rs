@@ -26,11 +26,14 @@
 #![allow(dead_code, unused_imports)]
 
 mod cluster;
+pub mod deploy;
 pub mod monitor;
 mod resp;
+pub mod sentinel;
 mod server;
 mod stats;
 pub mod stores;
+pub mod tls;
 
 use std::sync::OnceLock;
 
