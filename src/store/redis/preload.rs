@@ -137,8 +137,9 @@ impl RedisBackend {
                 ),
             },
             StoreError::Redis(e) if is_unknown_command(e) => format!(
-                "Redis refuses the FUNCTION command ({e}): the session store needs Redis >= 7 with \
+                "Redis refuses the FUNCTION command ({}): the session store needs Redis >= 7 with \
                  FUNCTION enabled ({} in library mode {:?}); ask for it to be enabled (not renamed)",
+                short(e),
                 match self.mode {
                     LibraryMode::Load => "FUNCTION LOAD",
                     LibraryMode::Verify => "FUNCTION LIST",
@@ -189,6 +190,15 @@ fn text(value: &Value) -> Option<&str> {
 fn is_no_perm(e: &RedisError) -> bool {
     matches!(e.kind(), redis::ErrorKind::Server(ServerErrorKind::NoPerm))
         || e.code() == Some("NOPERM")
+}
+
+/// The error without the arguments Redis echoes (the library's source).
+fn short(e: &RedisError) -> String {
+    let text = e.to_string();
+    match text.find(", with args") {
+        Some(at) => text[..at].to_owned(),
+        None => text,
+    }
 }
 
 fn is_unknown_command(e: &RedisError) -> bool {
