@@ -113,8 +113,7 @@ async fn verify_mode_with_the_library_missing_says_which_and_how_to_load_it() {
     set_user(&server, "sessions", &acl_verify(&prefix));
     let error = store(&server, "sessions", &prefix, LibraryMode::Verify, false)
         .await
-        .err()
-        .expect("a missing library fails the start-up");
+        .expect_err("a missing library fails the start-up");
     eprintln!("{error}");
     let StoreError::Config(message) = &error else {
         panic!("expected a configuration error, got {error:?}");
@@ -132,8 +131,7 @@ async fn load_mode_with_a_user_that_may_not_load_names_the_permission() {
     set_user(&server, "sessions", &acl_verify(&prefix));
     let error = store(&server, "sessions", &prefix, LibraryMode::Load, false)
         .await
-        .err()
-        .expect("FUNCTION LOAD is refused");
+        .expect_err("FUNCTION LOAD is refused");
     eprintln!("{error}");
     let StoreError::Config(message) = &error else {
         panic!("expected a configuration error, got {error:?}");
@@ -154,8 +152,7 @@ async fn verify_mode_with_a_user_that_may_not_list_functions_names_the_permissio
     preload(&server);
     let error = store(&server, "sessions", &prefix, LibraryMode::Verify, false)
         .await
-        .err()
-        .expect("FUNCTION LIST is refused");
+        .expect_err("FUNCTION LIST is refused");
     eprintln!("{error}");
     let StoreError::Config(message) = &error else {
         panic!("expected a configuration error, got {error:?}");
@@ -177,8 +174,7 @@ async fn function_disabled_is_a_clear_error() {
             .library(mode)
             .connect(&server.url())
             .await
-            .err()
-            .expect("FUNCTION is disabled");
+            .expect_err("FUNCTION is disabled");
         eprintln!("{error}");
         let StoreError::Config(message) = &error else {
             panic!("expected a configuration error, got {error:?}");
@@ -198,7 +194,7 @@ async fn lazy_stores_answer_503_until_the_library_is_there() {
             .await
             .unwrap();
         let token = store.new_token(None).unwrap();
-        let error = store.load(&token).await.err().expect("no library yet");
+        let error = store.load(&token).await.expect_err("no library yet");
         assert!(error.is_unavailable(), "{mode:?}: {error:?}");
 
         // Through the layer: 503, never 500.

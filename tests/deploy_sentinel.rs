@@ -177,8 +177,7 @@ async fn an_unknown_primary_name_fails_clearly() {
     let error = RedisStore::builder(StoreConfig::new(test_keyring()))
         .connect_sentinel(set.sentinel_addrs(), "no-such-primary")
         .await
-        .err()
-        .expect("the sentinels monitor no such primary");
+        .expect_err("the sentinels monitor no such primary");
     eprintln!("{error}");
     assert!(
         error.to_string().contains("no-such-primary")
@@ -310,8 +309,7 @@ async fn a_node_demoted_under_the_store_answers_503_and_its_connections_are_repl
     let before = connections_received(&a);
     let error = round_trip(&store, "ada")
         .await
-        .err()
-        .expect("a replica refuses writes");
+        .expect_err("a replica refuses writes");
     eprintln!("write on a demoted node: {error}");
     assert!(error.is_unavailable(), "{error:?}");
     assert!(

@@ -5,13 +5,16 @@
 
 mod common;
 
+#[cfg(any(feature = "tls-rustls", feature = "tls-native-tls"))]
 use std::time::{Duration, Instant};
 
+#[cfg(any(feature = "tls-rustls", feature = "tls-native-tls"))]
 use common::deploy::round_trip;
 use common::stores::{test_keyring, unique_prefix};
 use tower_redis_sessions::store::TlsConfig;
 use tower_redis_sessions::{RedisStore, StoreConfig, StoreError};
 
+#[cfg(any(feature = "tls-rustls", feature = "tls-native-tls"))]
 /// A guard against a hang, far above any expected time: the assertion is
 /// that an answer comes, not how fast.
 const HANG: Duration = Duration::from_secs(60);
@@ -20,6 +23,7 @@ fn config(label: &str) -> StoreConfig {
     StoreConfig::new(test_keyring()).prefix(unique_prefix(label))
 }
 
+#[cfg(any(feature = "tls-rustls", feature = "tls-native-tls"))]
 async fn connect(url: &str, tls: TlsConfig, label: &str) -> Result<RedisStore, StoreError> {
     let started = Instant::now();
     let result = tokio::time::timeout(
@@ -43,6 +47,8 @@ async fn connect(url: &str, tls: TlsConfig, label: &str) -> Result<RedisStore, S
 #[cfg(any(feature = "tls-rustls", feature = "tls-native-tls"))]
 mod with_tls {
     use super::*;
+    #[cfg(feature = "tls-rustls")]
+    use common::tls::TlsCluster;
     use common::tls::TlsServer;
 
     #[tokio::test]
@@ -81,8 +87,7 @@ mod with_tls {
         let tls = TlsConfig::new().ca_cert_pem(server.certs.pem("ca.crt"));
         let error = connect(&server.url(), tls, "mtls-no-cert")
             .await
-            .err()
-            .expect("a server asking for a client certificate refuses a client without one");
+            .expect_err("a server asking for a client certificate refuses a client without one");
         eprintln!("mutual TLS without a client certificate: {error}");
         assert!(error.is_unavailable(), "{error:?}");
     }
@@ -93,8 +98,7 @@ mod with_tls {
         let tls = TlsConfig::new().ca_cert_pem(server.certs.pem("other-ca.crt"));
         let error = connect(&server.url(), tls, "wrong-ca")
             .await
-            .err()
-            .expect("a server certificate from another CA is refused");
+            .expect_err("a server certificate from another CA is refused");
         eprintln!("wrong CA: {error}");
         assert!(error.is_unavailable(), "{error:?}");
         let message = error.to_string().to_lowercase();
@@ -109,8 +113,7 @@ mod with_tls {
         let server = TlsServer::start(false);
         let error = connect(&server.url(), TlsConfig::new(), "system-roots")
             .await
-            .err()
-            .expect("the test CA is not among the system's");
+            .expect_err("the test CA is not among the system's");
         assert!(error.is_unavailable(), "{error:?}");
     }
 
@@ -132,6 +135,48 @@ mod with_tls {
         round_trip(&store, "lin").await.unwrap();
     }
 
+    // redis-rs takes custom certificates for a cluster only with rustls.
+    #[cfg(feature = "tls-rustls")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn round_trip_on_a_tls_cluster_with_mutual_tls() {
+        let cluster = tokio::task::block_in_place(|| TlsCluster::start(true));
+        let tls = TlsConfig::new()
+            .ca_cert_pem(cluster.certs.pem("ca.crt"))
+            .client_cert_pem(
+                cluster.certs.pem("client.crt"),
+                cluster.certs.pem("client.key"),
+            );
+        let started = Instant::now();
+        let store = RedisStore::builder(config("tls-cluster"))
+            .pool_size(2)
+            .tls(tls)
+            .connect_cluster(cluster.urls())
+            .await
+            .unwrap();
+        eprintln!(
+            "[figure] tls-cluster: connect over TLS took {:?}",
+            started.elapsed()
+        );
+        // Users whose sessions land on different masters.
+        for user in ["ada", "grace", "lin", "barbara", "edsger", "tony"] {
+            round_trip(&store, user).await.unwrap();
+        }
+        for node in &cluster.nodes {
+            let libraries = node.cmd(&["FUNCTION", "LIST"]);
+            assert!(
+                libraries.contains(tower_redis_sessions::store::library_name()),
+                "the library is on every master"
+            );
+        }
+        // Without a client certificate the cluster refuses.
+        let error = RedisStore::builder(config("tls-cluster-no-cert"))
+            .tls(TlsConfig::new().ca_cert_pem(cluster.certs.pem("ca.crt")))
+            .connect_cluster(cluster.urls())
+            .await
+            .expect_err("no client certificate");
+        assert!(error.is_unavailable(), "{error:?}");
+    }
+
     #[tokio::test]
     async fn unusable_certificates_are_a_configuration_error() {
         let tls = TlsConfig::new()
@@ -141,8 +186,7 @@ mod with_tls {
             .tls(tls)
             .connect("rediss://127.0.0.1:1")
             .await
-            .err()
-            .expect("garbage PEM is refused");
+            .expect_err("garbage PEM is refused");
         assert!(matches!(error, StoreError::Config(_)), "{error:?}");
     }
 }
@@ -154,8 +198,7 @@ async fn certificates_with_a_plain_url_are_a_configuration_error() {
         .tls(tls)
         .connect("redis://127.0.0.1:1")
         .await
-        .err()
-        .expect("certificates need rediss://");
+        .expect_err("certificates need rediss://");
     assert!(matches!(error, StoreError::Config(_)), "{error:?}");
 }
 
@@ -170,7 +213,7 @@ async fn without_a_tls_feature_rediss_names_the_feature() {
             .connect_cluster(["rediss://127.0.0.1:1"])
             .await,
     ] {
-        let error = result.err().expect("rediss:// without TLS support fails");
+        let error = result.expect_err("rediss:// without TLS support fails");
         assert!(matches!(error, StoreError::Config(_)), "{error:?}");
         assert!(error.to_string().contains("tls-rustls"), "{error}");
     }

@@ -36,6 +36,8 @@ use crate::codec::Keyring;
 use crate::record::{Millis, Record};
 use crate::token::{SessionId, Token};
 
+#[cfg(feature = "tls-rustls")]
+mod cluster_tls;
 pub(crate) mod core;
 mod library;
 mod memory;

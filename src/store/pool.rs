@@ -29,6 +29,9 @@ pub(crate) enum Pool {
     Cluster(deadpool_redis::cluster::Pool),
     /// The primary the sentinels name, looked up for each new connection.
     Sentinel(deadpool_redis::sentinel::Pool),
+    /// A cluster over TLS with custom certificates.
+    #[cfg(feature = "tls-rustls")]
+    ClusterTls(crate::store::cluster_tls::Pool),
 }
 
 impl Pool {
@@ -37,6 +40,8 @@ impl Pool {
             Pool::Single(p) => p.status().max_size,
             Pool::Cluster(p) => p.status().max_size,
             Pool::Sentinel(p) => p.status().max_size,
+            #[cfg(feature = "tls-rustls")]
+            Pool::ClusterTls(p) => p.status().max_size,
         }
     }
 
@@ -54,6 +59,11 @@ impl Pool {
                 let held = p.timeout_get(timeouts).await?;
                 (Conn::Single((*held).clone()), Held::Sentinel(held))
             }
+            #[cfg(feature = "tls-rustls")]
+            Pool::ClusterTls(p) => {
+                let held = p.timeout_get(timeouts).await?;
+                (Conn::Cluster((*held).clone()), Held::ClusterTls(held))
+            }
         })
     }
 }
@@ -63,6 +73,8 @@ enum Held {
     Single(deadpool_redis::Connection),
     Cluster(deadpool_redis::cluster::Connection),
     Sentinel(deadpool_redis::sentinel::Connection),
+    #[cfg(feature = "tls-rustls")]
+    ClusterTls(crate::store::cluster_tls::Object),
 }
 
 impl Held {
@@ -73,6 +85,8 @@ impl Held {
             Held::Single(c) => drop(deadpool_redis::Connection::take(c)),
             Held::Cluster(c) => drop(deadpool_redis::cluster::Connection::take(c)),
             Held::Sentinel(c) => drop(deadpool_redis::sentinel::Connection::take(c)),
+            #[cfg(feature = "tls-rustls")]
+            Held::ClusterTls(c) => drop(crate::store::cluster_tls::Object::take(c)),
         }
     }
 }

@@ -179,9 +179,9 @@ impl RedisStoreBuilder {
     /// instead of the system's, a client certificate for mutual TLS (see
     /// [`TlsConfig`]). Needs the crate feature `tls-rustls` or
     /// `tls-native-tls`; connecting fails with [`StoreError::Config`]
-    /// otherwise. Custom certificates are supported with
-    /// [`connect`](Self::connect); with [`connect_cluster`](Self::connect_cluster)
-    /// and [`connect_sentinel`](Self::connect_sentinel) only the system's
+    /// otherwise. Custom certificates work with [`connect`](Self::connect)
+    /// and [`connect_cluster`](Self::connect_cluster); with
+    /// [`connect_sentinel`](Self::connect_sentinel), only the system's
     /// authorities (`TlsConfig::new()`).
     pub fn tls(mut self, tls: TlsConfig) -> Self {
         self.tls = Some(tls);
@@ -305,6 +305,16 @@ impl RedisStoreBuilder {
     {
         let urls: Vec<String> = urls.into_iter().map(Into::into).collect();
         tls::check_cluster(&urls, self.tls.as_ref())?;
+        #[cfg(feature = "tls-rustls")]
+        if let Some(tls) = self.tls.as_ref().filter(|t| t.is_custom()) {
+            let pool = crate::store::cluster_tls::pool(
+                urls,
+                tls,
+                self.timeouts.connect,
+                self.pool_config(),
+            )?;
+            return self.build(Pool::ClusterTls(pool)).await;
+        }
         let config = deadpool_redis::cluster::Config {
             urls: Some(urls),
             connections: None,

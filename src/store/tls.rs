@@ -68,6 +68,20 @@ impl TlsConfig {
         self
     }
 
+    /// The CA to trust, if not the system's.
+    #[cfg_attr(not(feature = "tls-rustls"), allow(dead_code))]
+    pub(super) fn ca_cert(&self) -> Option<&[u8]> {
+        self.ca_cert.as_deref()
+    }
+
+    /// The client certificate and key, if any.
+    #[cfg_attr(not(feature = "tls-rustls"), allow(dead_code))]
+    pub(super) fn client(&self) -> Option<(&[u8], &[u8])> {
+        self.client
+            .as_ref()
+            .map(|(cert, key)| (cert.as_slice(), key.as_slice()))
+    }
+
     /// Whether anything differs from the defaults of a `rediss://` URL.
     pub(super) fn is_custom(&self) -> bool {
         self.ca_cert.is_some() || self.client.is_some()
@@ -112,11 +126,11 @@ pub(super) fn check(url: &str, tls: Option<&TlsConfig>) -> Result<(), StoreError
     Ok(())
 }
 
-/// Refuses what [`check`] refuses on any of a cluster's `urls`, and custom
-/// certificates (the cluster pool cannot take them yet).
+/// Refuses what [`check`] refuses on any of a cluster's `urls`, and TLS
+/// settings with plain `redis://` URLs.
 pub(super) fn check_cluster(urls: &[String], tls: Option<&TlsConfig>) -> Result<(), StoreError> {
     for url in urls {
-        check(url, None)?;
+        check(url, tls)?;
         if tls.is_some() && !is_tls_url(url) {
             return Err(StoreError::Config(format!(
                 "TLS settings were given but {} is not a TLS URL: use rediss://",
@@ -124,10 +138,10 @@ pub(super) fn check_cluster(urls: &[String], tls: Option<&TlsConfig>) -> Result<
             )));
         }
     }
-    if tls.is_some_and(TlsConfig::is_custom) {
+    if tls.is_some_and(TlsConfig::is_custom) && !cfg!(feature = "tls-rustls") {
         return Err(StoreError::Config(
-            "custom TLS certificates are not supported with Redis Cluster yet: use rediss:// URLs \
-             with certificates the system trusts"
+            "custom TLS certificates with Redis Cluster need the tower-redis-sessions crate \
+             feature `tls-rustls` (redis-rs takes cluster certificates only with rustls)"
                 .to_owned(),
         ));
     }

@@ -19,8 +19,9 @@ pub struct Certs {
 }
 
 impl Certs {
-    /// A CA, a server certificate for `127.0.0.1` / `localhost` and a client
-    /// certificate, both signed by the CA, and a second, unrelated CA.
+    /// A CA, a server certificate for `127.0.0.1` / `localhost`, a client
+    /// certificate and one for cluster nodes talking to each other, all
+    /// signed by the CA, and a second, unrelated CA.
     pub fn generate() -> Certs {
         let openssl = require_binary_openssl();
         let dir = create_temp_dir();
@@ -71,7 +72,17 @@ impl Certs {
              extendedKeyUsage=clientAuth\n",
         )
         .unwrap();
-        for (name, cn) in [("server", "localhost"), ("client", "sessions-client")] {
+        fs::write(
+            dir.join("node.ext"),
+            "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n\
+             extendedKeyUsage=clientAuth\n",
+        )
+        .unwrap();
+        for (name, cn) in [
+            ("server", "localhost"),
+            ("client", "sessions-client"),
+            ("node", "cluster-node"),
+        ] {
             run(&[
                 "req",
                 "-newkey",
@@ -189,5 +200,113 @@ impl Drop for TlsServer {
     fn drop(&mut self) {
         self.server.stop();
         release_port(self.tls_port);
+    }
+}
+
+/// Three cluster masters serving TLS to clients and to each other
+/// (`tls-cluster yes`: the bus runs on the TLS port + 10000, and a TLS
+/// client is told the TLS ports in `CLUSTER SLOTS`), all slots assigned.
+pub struct TlsCluster {
+    pub nodes: Vec<RedisServer>,
+    tls_ports: Vec<u16>,
+    pub certs: Certs,
+}
+
+impl TlsCluster {
+    pub fn start(mutual: bool) -> TlsCluster {
+        let certs = Certs::generate();
+        let path = |name: &str| certs.path(name).display().to_string();
+        let mut nodes = Vec::new();
+        let mut tls_ports = Vec::new();
+        for _ in 0..3 {
+            let tls_port = reserve_port();
+            let extra = [
+                ("cluster-enabled", "yes".to_owned()),
+                ("cluster-config-file", "nodes.conf".to_owned()),
+                ("cluster-node-timeout", "5000".to_owned()),
+                ("tls-port", tls_port.to_string()),
+                ("tls-cluster", "yes".to_owned()),
+                ("tls-replication", "yes".to_owned()),
+                // Nodes authenticate each other with the server certificate.
+                ("tls-cert-file", path("server.crt")),
+                ("tls-key-file", path("server.key")),
+                ("tls-client-cert-file", path("node.crt")),
+                ("tls-client-key-file", path("node.key")),
+                ("tls-ca-cert-file", path("ca.crt")),
+                (
+                    "tls-auth-clients",
+                    if mutual { "yes" } else { "no" }.to_owned(),
+                ),
+            ];
+            nodes.push(RedisServer::start_with(ServerOptions {
+                extra: extra
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.clone()))
+                    .collect(),
+                ..ServerOptions::default()
+            }));
+            tls_ports.push(tls_port);
+        }
+        let count = nodes.len() as u32;
+        for (i, node) in nodes.iter().enumerate() {
+            let i = i as u32;
+            let first = 16384 * i / count;
+            let last = 16384 * (i + 1) / count - 1;
+            let epoch = (i + 1).to_string();
+            assert_eq!(node.cmd(&["CLUSTER", "SET-CONFIG-EPOCH", &epoch]), "OK");
+            assert_eq!(
+                node.cmd(&[
+                    "CLUSTER",
+                    "ADDSLOTSRANGE",
+                    &first.to_string(),
+                    &last.to_string()
+                ]),
+                "OK"
+            );
+        }
+        for (i, node) in nodes.iter().enumerate() {
+            for other in &tls_ports[i + 1..] {
+                assert_eq!(
+                    node.cmd(&["CLUSTER", "MEET", "127.0.0.1", &other.to_string()]),
+                    "OK"
+                );
+            }
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !nodes.iter().all(|n| {
+            n.cmd(&["CLUSTER", "INFO"]).contains("cluster_state:ok")
+                && n.cmd(&["CLUSTER", "NODES"]).lines().count() == 3
+        }) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the TLS cluster did not become ready:\n{}",
+                nodes[0].log_tail(20)
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        TlsCluster {
+            nodes,
+            tls_ports,
+            certs,
+        }
+    }
+
+    /// `rediss://127.0.0.1:<tls port>` of every node.
+    pub fn urls(&self) -> Vec<String> {
+        self.tls_ports
+            .iter()
+            .map(|p| format!("rediss://127.0.0.1:{p}"))
+            .collect()
+    }
+}
+
+impl Drop for TlsCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            node.stop();
+        }
+        for port in &self.tls_ports {
+            release_port(*port);
+        }
     }
 }
