@@ -323,3 +323,35 @@ async fn a_node_demoted_under_the_store_answers_503_and_its_connections_are_repl
     round_trip(&store, "ada").await.unwrap();
     assert!(has_library(&a));
 }
+
+/// The documented minimal ACL (Verify variant) plus `+role`, which a
+/// Sentinel client sends to check that the node it was given is the primary.
+const SENTINEL_ACL: &str = "on >pw resetkeys ~{prefix}* resetchannels -@all +fcall +function|list \
+    +hget +hmget +hset +del +exists +persist +pexpireat \
+    +zadd +zrem +zrange +zrangebyscore +zcount +zscore +cluster|keyslot +role";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acl_user_behind_the_sentinels() {
+    let set = tokio::task::block_in_place(|| SentinelSet::start(NAME, ServerOptions::default()));
+    let prefix = unique_prefix("sacl");
+    let rules = SENTINEL_ACL.replace("{prefix}", &prefix);
+    // ACL users are per node: both, so that the replica has it once promoted.
+    for server in &set.servers {
+        let mut args = vec!["ACL", "SETUSER", "sessions", "reset"];
+        args.extend(rules.split_whitespace());
+        assert_eq!(server.cmd(&args), "OK");
+    }
+    let primary = set.primary();
+    let source = tower_redis_sessions::store::library_source();
+    assert_eq!(
+        primary.cmd(&["FUNCTION", "LOAD", "REPLACE", source]),
+        library_name()
+    );
+    let store = RedisStore::builder(StoreConfig::new(test_keyring()).prefix(&prefix))
+        .library(tower_redis_sessions::store::LibraryMode::Verify)
+        .sentinel_node_auth(Some("sessions"), "pw")
+        .connect_sentinel(set.sentinel_addrs(), NAME)
+        .await
+        .unwrap();
+    round_trip(&store, "ada").await.unwrap();
+}
