@@ -355,3 +355,29 @@ async fn an_acl_user_behind_the_sentinels() {
         .unwrap();
     round_trip(&store, "ada").await.unwrap();
 }
+
+/// Connections through the sentinels are timed by the store's command
+/// timeout like the others (redis-rs's own default would give up after
+/// 500 ms): a call held 1 s by `CLIENT PAUSE` is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_answer_within_the_command_timeout_is_waited_for() {
+    let set = tokio::task::block_in_place(|| SentinelSet::start(NAME, ServerOptions::default()));
+    let store = RedisStore::builder(StoreConfig::new(test_keyring()).prefix(unique_prefix("slow")))
+        .command_timeout(Duration::from_secs(10))
+        .connect_sentinel(set.sentinel_addrs(), NAME)
+        .await
+        .unwrap();
+    round_trip(&store, "ada").await.unwrap();
+    // Writes wait until the pause ends; the pause is in place before the
+    // calls are sent.
+    assert_eq!(
+        set.primary().cmd(&["CLIENT", "PAUSE", "1000", "WRITE"]),
+        "OK"
+    );
+    let started = Instant::now();
+    round_trip(&store, "ada").await.unwrap();
+    eprintln!(
+        "[figure] round trip behind CLIENT PAUSE 1000: {:?}",
+        started.elapsed()
+    );
+}

@@ -28,7 +28,7 @@ pub(crate) enum Pool {
     Single(deadpool_redis::Pool),
     Cluster(deadpool_redis::cluster::Pool),
     /// The primary the sentinels name, looked up for each new connection.
-    Sentinel(deadpool_redis::sentinel::Pool),
+    Sentinel(crate::store::sentinel::Pool),
     /// A cluster over TLS with custom certificates.
     #[cfg(feature = "tls-rustls")]
     ClusterTls(crate::store::cluster_tls::Pool),
@@ -72,7 +72,7 @@ impl Pool {
 enum Held {
     Single(deadpool_redis::Connection),
     Cluster(deadpool_redis::cluster::Connection),
-    Sentinel(deadpool_redis::sentinel::Connection),
+    Sentinel(crate::store::sentinel::Object),
     #[cfg(feature = "tls-rustls")]
     ClusterTls(crate::store::cluster_tls::Object),
 }
@@ -84,7 +84,7 @@ impl Held {
         match self {
             Held::Single(c) => drop(deadpool_redis::Connection::take(c)),
             Held::Cluster(c) => drop(deadpool_redis::cluster::Connection::take(c)),
-            Held::Sentinel(c) => drop(deadpool_redis::sentinel::Connection::take(c)),
+            Held::Sentinel(c) => drop(crate::store::sentinel::Object::take(c)),
             #[cfg(feature = "tls-rustls")]
             Held::ClusterTls(c) => drop(crate::store::cluster_tls::Object::take(c)),
         }

@@ -262,17 +262,9 @@ impl RedisStoreBuilder {
             primary,
             self.tls.as_ref(),
             self.node_auth.as_ref(),
+            self.timeouts.connect,
             self.pool_config(),
         )?;
-        self.from_sentinel_pool(pool).await
-    }
-
-    /// Uses connections from an existing Sentinel pool (see
-    /// [`from_pool`](Self::from_pool)).
-    pub async fn from_sentinel_pool(
-        self,
-        pool: deadpool_redis::sentinel::Pool,
-    ) -> Result<RedisStore, StoreError> {
         self.build(Pool::Sentinel(pool)).await
     }
 

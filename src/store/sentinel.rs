@@ -2,11 +2,62 @@
 //! looked up again for every new connection, so after a failover the store
 //! follows the new primary without a restart.
 
-use deadpool_redis::sentinel::{Config, SentinelNodeConnectionInfo, SentinelServerType, TlsMode};
-use deadpool_redis::{PoolConfig, RedisConnectionInfo, Runtime};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use deadpool::managed::{self, Metrics, RecycleResult};
+use deadpool_redis::redis::aio::MultiplexedConnection;
+use deadpool_redis::redis::sentinel::{
+    SentinelClient, SentinelNodeConnectionInfo, SentinelServerType,
+};
+use deadpool_redis::redis::{
+    self, AsyncConnectionConfig, RedisConnectionInfo, RedisError, TlsMode,
+};
+use deadpool_redis::{PoolConfig, Runtime};
 
 use crate::store::StoreError;
 use crate::store::tls::{self, TlsConfig};
+
+/// Creates connections to the primary the sentinels name (asking them
+/// each time) with the store's timeouts, and checks returned ones.
+///
+/// deadpool-redis has a Sentinel pool too, but its connections keep
+/// redis-rs's default response timeout (500 ms) whatever the store's
+/// command timeout; the store times calls itself, as on a single node.
+pub(crate) struct Manager {
+    client: tokio::sync::Mutex<SentinelClient>,
+    config: AsyncConnectionConfig,
+    ping_number: AtomicUsize,
+}
+
+impl managed::Manager for Manager {
+    type Type = MultiplexedConnection;
+    type Error = RedisError;
+
+    async fn create(&self) -> Result<MultiplexedConnection, RedisError> {
+        let mut client = self.client.lock().await;
+        client.get_async_connection_with_config(&self.config).await
+    }
+
+    async fn recycle(
+        &self,
+        conn: &mut MultiplexedConnection,
+        _: &Metrics,
+    ) -> RecycleResult<RedisError> {
+        let ping = self.ping_number.fetch_add(1, Ordering::Relaxed).to_string();
+        let pong: String = redis::cmd("PING").arg(&ping).query_async(conn).await?;
+        if pong == ping {
+            Ok(())
+        } else {
+            Err(managed::RecycleError::message("Invalid PING response"))
+        }
+    }
+}
+
+/// The pool of such connections.
+pub(crate) type Pool = managed::Pool<Manager>;
+/// A connection checked out of it.
+pub(crate) type Object = managed::Object<Manager>;
 
 /// Credentials for the Redis nodes behind the sentinels (the sentinels'
 /// own go in their URLs).
@@ -41,8 +92,9 @@ pub(super) fn pool(
     primary: &str,
     tls: Option<&TlsConfig>,
     auth: Option<&NodeAuth>,
+    connect: Duration,
     pool: PoolConfig,
-) -> Result<deadpool_redis::sentinel::Pool, StoreError> {
+) -> Result<Pool, StoreError> {
     if sentinels.is_empty() {
         return Err(StoreError::Config(
             "connect_sentinel: no sentinel address given".to_owned(),
@@ -75,27 +127,43 @@ pub(super) fn pool(
     if tls.is_some() || urls.iter().any(|u| tls::is_tls_url(u)) {
         tls::install_crypto_provider();
     }
-    let node = SentinelNodeConnectionInfo {
-        tls_mode: tls.map(|_| TlsMode::Secure),
-        redis_connection_info: auth.map(|auth| RedisConnectionInfo {
-            username: auth.username.clone(),
-            password: Some(auth.password.clone()),
-            ..RedisConnectionInfo::default()
-        }),
-    };
-    let config = Config {
-        urls: Some(urls),
-        server_type: SentinelServerType::Master,
-        master_name: primary.to_owned(),
-        connections: None,
-        node_connection_info: Some(node),
-        pool: Some(pool),
-    };
-    config.create_pool(Some(Runtime::Tokio1)).map_err(|e| {
+    let mut node = SentinelNodeConnectionInfo::default();
+    if tls.is_some() {
+        node = node.set_tls_mode(TlsMode::Secure);
+    }
+    if let Some(auth) = auth {
+        let mut info = RedisConnectionInfo::default().set_password(&auth.password);
+        if let Some(username) = &auth.username {
+            info = info.set_username(username);
+        }
+        node = node.set_redis_connection_info(info);
+    }
+    // A `String`: redis-rs takes one without `tls-rustls` (`impl AsRef<str>` with it).
+    #[allow(clippy::unnecessary_to_owned)]
+    let client = SentinelClient::build(
+        urls.clone(),
+        primary.to_owned(),
+        Some(node),
+        SentinelServerType::Master,
+    )
+    .map_err(|e| {
         StoreError::Config(format!(
             "invalid Sentinel settings (primary `{primary}`): {e}"
         ))
-    })
+    })?;
+    let manager = Manager {
+        client: tokio::sync::Mutex::new(client),
+        config: AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(connect))
+            // Calls are timed by the store itself.
+            .set_response_timeout(None),
+        ping_number: AtomicUsize::new(0),
+    };
+    Pool::builder(manager)
+        .config(pool)
+        .runtime(Runtime::Tokio1)
+        .build()
+        .map_err(|e| StoreError::Config(e.to_string()))
 }
 
 #[cfg(test)]
