@@ -9,6 +9,8 @@
 //! characters (about 1.1 KiB sealed). `seal` and `open` are the store's own
 //! (reached through the `fuzzing` feature); `hmac_sha256` is a pre-keyed
 //! HMAC-SHA256 over the sealed bytes, the least any signed format pays.
+//! `seal_encrypted` / `open_encrypted` are the same with
+//! `Keyring::encrypt_records(true)` (XChaCha20-Poly1305 instead of the MAC).
 //! `cbor_*` are ciborium on the values alone, and `memory_store_*` the same
 //! record through the public `MemoryStore` (seal or open, plus key naming and
 //! a map operation).
@@ -58,6 +60,14 @@ fn codec(c: &mut Criterion) {
     group.bench_function("seal", |b| b.iter(|| fuzzing::seal(black_box(&record))));
     group.bench_function("open", |b| {
         b.iter(|| fuzzing::open_record(black_box(&blob)))
+    });
+    let encrypted = fuzzing::seal_encrypted(&record).expect("the record seals");
+    assert!(fuzzing::open_record(&encrypted).is_some_and(|r| r.data == record.data));
+    group.bench_function("seal_encrypted", |b| {
+        b.iter(|| fuzzing::seal_encrypted(black_box(&record)))
+    });
+    group.bench_function("open_encrypted", |b| {
+        b.iter(|| fuzzing::open_record(black_box(&encrypted)))
     });
     group.bench_function("seal_open", |b| {
         b.iter(|| fuzzing::open_record(&fuzzing::seal(black_box(&record))?))

@@ -25,7 +25,8 @@ use hyper::header::COOKIE;
 use hyper::{Request, StatusCode};
 use tower::Service;
 use tower_redis_sessions::{
-    MemoryStore, Record, SaveOutcome, Session, SessionError, SessionLayer, SessionStore,
+    CookieConfig, MemoryStore, Record, SaveOutcome, Session, SessionError, SessionLayer,
+    SessionStore,
 };
 
 async fn ok() -> &'static str {
@@ -101,7 +102,7 @@ fn layer(c: &mut Criterion) {
     // router called without it rebuilds each route (and its layers) per call.
     let mut bare = routes().with_state(());
     let mut layered = routes()
-        .layer(SessionLayer::shared(store.clone()).secure(false))
+        .layer(SessionLayer::shared(store.clone()).cookie(CookieConfig::default().secure(false)))
         .with_state(());
     rt.block_on(async {
         assert_eq!(call(&mut bare, "/ok", None).await, StatusCode::OK);

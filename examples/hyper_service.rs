@@ -26,7 +26,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tower::{ServiceBuilder, service_fn};
 use tower_redis_sessions::{
-    Keyring, MemoryStore, RedisStore, Session, SessionLayer, SessionStore, StoreConfig,
+    CookieConfig, Keyring, MemoryStore, RedisStore, Session, SessionLayer, StoreConfig,
 };
 
 type Body = Full<Bytes>;
@@ -66,7 +66,7 @@ fn text(status: StatusCode, body: String) -> Response<Body> {
 }
 
 /// Serves `layer` + [`handle`] on `listener` until the task is dropped.
-pub async fn serve<S: SessionStore>(listener: TcpListener, layer: SessionLayer<S>) {
+pub async fn serve(listener: TcpListener, layer: SessionLayer) {
     let service = ServiceBuilder::new()
         .layer(layer)
         .service(service_fn(handle));
@@ -105,12 +105,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             let config = StoreConfig::new(Keyring::generate()?);
             eprintln!("session store: Redis at {url}");
             // Plain HTTP: the cookie cannot be `Secure` for non-browser clients.
-            let layer = SessionLayer::new(RedisStore::connect(&url, config).await?).secure(false);
+            let layer = SessionLayer::new(RedisStore::connect(&url, config).await?)
+                .cookie(CookieConfig::default().secure(false));
             tokio::spawn(serve(listener, layer))
         }
         _ => {
             eprintln!("session store: memory (set REDIS_URL to use Redis)");
-            let layer = SessionLayer::new(MemoryStore::default()).secure(false);
+            let layer = SessionLayer::new(MemoryStore::default())
+                .cookie(CookieConfig::default().secure(false));
             tokio::spawn(serve(listener, layer))
         }
     };

@@ -46,6 +46,12 @@ pub enum SessionError {
     /// revoked meanwhile. The response clears the client's token (409).
     #[error("the session ended while this request was using it; nothing was stored")]
     Ended,
+    /// The request's bearer (or header) token is malformed or opens no
+    /// session, and the layer was told to refuse such tokens
+    /// ([`SessionLayer::reject_invalid_tokens`](crate::SessionLayer::reject_invalid_tokens)):
+    /// 401 with `WWW-Authenticate: Bearer error="invalid_token"`.
+    #[error("the session token is invalid or expired")]
+    InvalidToken,
     /// The operation needs a logged-in session.
     #[error("the session has no user")]
     NotLoggedIn,
@@ -61,7 +67,7 @@ impl SessionError {
         match self {
             SessionError::Store(e) if e.is_unavailable() => StatusCode::SERVICE_UNAVAILABLE,
             SessionError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
-            SessionError::NotLoggedIn => StatusCode::UNAUTHORIZED,
+            SessionError::NotLoggedIn | SessionError::InvalidToken => StatusCode::UNAUTHORIZED,
             SessionError::Ended => StatusCode::CONFLICT,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -74,6 +80,9 @@ impl SessionError {
             // what is wrong where the developer first looks (it reveals
             // nothing about any session).
             return "no session in the request: is SessionLayer installed in front of this handler?\n";
+        }
+        if let SessionError::InvalidToken = self {
+            return "invalid or expired session token\n";
         }
         match self.status() {
             StatusCode::SERVICE_UNAVAILABLE => "session store unavailable, try again\n",
@@ -97,6 +106,12 @@ impl SessionError {
             http::header::CONTENT_TYPE,
             http::HeaderValue::from_static("text/plain; charset=utf-8"),
         );
+        if let SessionError::InvalidToken = self {
+            response.headers_mut().insert(
+                http::header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static("Bearer error=\"invalid_token\""),
+            );
+        }
         if status == StatusCode::SERVICE_UNAVAILABLE {
             response.headers_mut().insert(
                 http::header::RETRY_AFTER,

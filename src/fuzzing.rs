@@ -49,7 +49,10 @@ pub fn read_token(headers: &HeaderMap, bearer: bool) -> Option<String> {
     } else {
         Transport::Cookie(Default::default())
     };
-    transport.read(headers).map(|t| t.to_string())
+    match transport.read(headers) {
+        crate::transport::Read::Token(t) => Some(t.to_string()),
+        _ => None,
+    }
 }
 
 /// Opens `blob` as if read from the store: verify, then decode.
@@ -89,6 +92,15 @@ pub const HEADER_LEN: usize = 1 + 4 + 32;
 /// the benchmarks; `None` if its data does not encode.
 pub fn seal(record: &Record) -> Option<Vec<u8>> {
     codec().seal(BINDING, record)
+}
+
+/// Seals `record` encrypted (format 2), with the same key and binding as
+/// [`seal`]; [`open_record`] opens both forms.
+pub fn seal_encrypted(record: &Record) -> Option<Vec<u8>> {
+    static CODEC: OnceLock<Codec> = OnceLock::new();
+    CODEC
+        .get_or_init(|| Codec::new(Keyring::derive(&[7; 32]).encrypt_records(true), MAX_SEALED))
+        .seal(BINDING, record)
 }
 
 /// Verifies and decodes `blob` as a load would, for the benchmarks.

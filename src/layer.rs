@@ -4,7 +4,7 @@
 //! ```
 //! use std::time::Duration;
 //! use axum::{Router, routing::get};
-//! use tower_redis_sessions::{MemoryStore, Session, SessionError, SessionLayer};
+//! use tower_redis_sessions::{CookieConfig, MemoryStore, Session, SessionError, SessionLayer};
 //!
 //! async fn handler(session: Session) -> Result<String, SessionError> {
 //!     let user: Option<String> = session.user().await?;
@@ -12,7 +12,7 @@
 //! }
 //!
 //! let layer = SessionLayer::new(MemoryStore::default())
-//!     .cookie_name("sid")
+//!     .cookie(CookieConfig::default().name("sid"))
 //!     .idle_timeout(Some(Duration::from_secs(30 * 60)))
 //!     .lifetime(Some(Duration::from_secs(7 * 24 * 3600)));
 //! let app: Router = Router::new().route("/", get(handler)).layer(layer);
@@ -20,8 +20,9 @@
 //!
 //! # What happens to a request
 //!
-//! 1. The token is read from the cookie (or header). A malformed one counts
-//!    as none, without a store call.
+//! 1. The token is read from the cookie (or header; with several transports,
+//!    the first that carries a well-formed token). A malformed one counts as
+//!    none, without a store call.
 //! 2. A lazy [`Session`] goes into the request extensions.
 //! 3. When the response is ready, the session's changes (if any) are saved,
 //!    merging with concurrent writers, and the cookie is set, refreshed or
@@ -36,13 +37,13 @@
 //! the user's session lives in the user's hash slot, so this cannot be one
 //! call), one to log out.
 
+use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use cookie::SameSite;
 use http::{HeaderName, Request, Response};
 use pin_project::pin_project;
 use tower::{Layer, Service};
@@ -50,116 +51,99 @@ use tower::{Layer, Service};
 use crate::error::SessionError;
 use crate::session::{Policy, RetryPolicy, Session, TokenUpdate};
 use crate::store::SessionStore;
-use crate::transport::Transport;
+use crate::transport::{CookieConfig, Transport, Transports};
+
+/// What every request of a layer shares: the store, where tokens travel, and
+/// how sessions are made and saved.
+struct Shared {
+    store: Arc<dyn SessionStore>,
+    transports: Transports,
+    policy: Arc<Policy>,
+    reject_invalid: bool,
+}
 
 /// Layer that adds a [`Session`] to every request. See the [module
 /// docs](self).
 ///
-/// Defaults: cookie `session` with `Secure`, `HttpOnly`, `SameSite=Lax`,
-/// `Path=/` and a `Max-Age` following the session's deadline; kind `"web"`;
-/// idle timeout 24 hours; absolute lifetime 30 days; up to 16 save attempts
-/// under contention.
-pub struct SessionLayer<S> {
-    store: Arc<S>,
-    transport: Transport,
+/// Defaults: a cookie ([`CookieConfig::default`]: `session`, `Secure`,
+/// `HttpOnly`, `SameSite=Lax`, `Path=/`, a `Max-Age` following the session's
+/// deadline); kind `"web"`; idle timeout 24 hours; absolute lifetime 30 days;
+/// [`RetryPolicy::default`] under contention.
+#[derive(Clone)]
+#[must_use]
+pub struct SessionLayer {
+    store: Arc<dyn SessionStore>,
+    transports: Transports,
+    /// Whether a transport was chosen (the first choice replaces the default
+    /// cookie).
+    explicit: bool,
     policy: Policy,
+    reject_invalid: bool,
 }
 
-impl<S> Clone for SessionLayer<S> {
-    fn clone(&self) -> Self {
-        SessionLayer {
-            store: self.store.clone(),
-            transport: self.transport.clone(),
-            policy: self.policy.clone(),
-        }
+impl fmt::Debug for SessionLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionLayer")
+            .field("transports", &self.transports)
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
     }
 }
 
-impl<S: SessionStore> SessionLayer<S> {
+impl SessionLayer {
     /// A layer keeping sessions in `store`.
-    pub fn new(store: S) -> Self {
+    pub fn new(store: impl SessionStore) -> Self {
         SessionLayer::shared(Arc::new(store))
     }
 
-    /// A layer keeping sessions in a store shared with other code.
-    pub fn shared(store: Arc<S>) -> Self {
+    /// A layer keeping sessions in a store shared with other code (or other
+    /// layers).
+    pub fn shared<S: SessionStore>(store: Arc<S>) -> Self {
         SessionLayer {
             store,
-            transport: Transport::Cookie(Default::default()),
+            transports: Transports::default(),
+            explicit: false,
+            reject_invalid: false,
             policy: Policy {
                 kind: "web".to_owned(),
                 idle_timeout: Some(Duration::from_secs(24 * 3600)),
                 lifetime: Some(Duration::from_secs(30 * 24 * 3600)),
-                retry: RetryPolicy {
-                    attempts: 16,
-                    base: Duration::from_millis(2),
-                    cap: Duration::from_millis(128),
-                },
+                retry: RetryPolicy::default(),
                 locks: Default::default(),
             },
         }
     }
 
-    fn with_cookie(mut self, f: impl FnOnce(&mut crate::transport::CookieConfig)) -> Self {
-        if let Some(cookie) = self.transport.cookie_mut() {
-            f(cookie);
-        }
+    /// Carries the token in a cookie with these attributes. The default
+    /// transport is `CookieConfig::default()`; calling this replaces it (or
+    /// the cookie set earlier) and keeps any header transport chosen.
+    pub fn cookie(mut self, cookie: CookieConfig) -> Self {
+        self.transports
+            .add(&mut self.explicit, Transport::Cookie(cookie));
         self
     }
 
-    /// The cookie's name (default `session`).
-    pub fn cookie_name(self, name: impl Into<String>) -> Self {
-        let name = name.into();
-        self.with_cookie(|c| c.name = name)
-    }
-
-    /// The cookie's `Secure` attribute (default on). Turn it off only for
-    /// plain-HTTP development.
-    pub fn secure(self, secure: bool) -> Self {
-        self.with_cookie(|c| c.secure = secure)
-    }
-
-    /// The cookie's `HttpOnly` attribute (default on).
-    pub fn http_only(self, http_only: bool) -> Self {
-        self.with_cookie(|c| c.http_only = http_only)
-    }
-
-    /// The cookie's `SameSite` attribute (default `Lax`).
-    pub fn same_site(self, same_site: SameSite) -> Self {
-        self.with_cookie(|c| c.same_site = same_site)
-    }
-
-    /// The cookie's `Path` (default `/`).
-    pub fn path(self, path: impl Into<String>) -> Self {
-        let path = path.into();
-        self.with_cookie(|c| c.path = path)
-    }
-
-    /// The cookie's `Domain` (default none: the exact host).
-    pub fn domain(self, domain: impl Into<String>) -> Self {
-        let domain = domain.into();
-        self.with_cookie(|c| c.domain = Some(domain))
-    }
-
-    /// Sends the cookie without `Max-Age`, so the browser forgets it when it
-    /// closes (the server-side deadlines still apply).
-    pub fn browser_session(self, browser_session: bool) -> Self {
-        self.with_cookie(|c| c.browser_session = browser_session)
-    }
-
-    /// Reads the token from `Authorization: Bearer <token>` instead of a
-    /// cookie, and returns new tokens in the `x-session-token` response
-    /// header (empty when the session ended). For APIs.
+    /// Carries the token in `Authorization: Bearer <token>`; new tokens are
+    /// returned in the `x-session-token` response header (empty when the
+    /// session ended). For APIs.
+    ///
+    /// Alone, the layer then reads no cookie (an API that takes no cookie
+    /// cannot be the target of cross-site request forgery). With
+    /// [`cookie`](Self::cookie) as well, both are read, in the order they
+    /// were added: the first that carries a well-formed token wins, the
+    /// response answers on that one, and a request with no token is answered
+    /// on the first.
     pub fn bearer(mut self) -> Self {
-        self.transport = Transport::bearer();
+        self.transports.add(&mut self.explicit, Transport::bearer());
         self
     }
 
-    /// Reads the token from the header `name` instead of a cookie, and
-    /// returns new tokens in the same header of the response (empty when
-    /// the session ended).
+    /// Carries the token in the header `name`, requests and responses alike
+    /// (empty in a response when the session ended). Combines with the other
+    /// transports as [`bearer`](Self::bearer) does.
     pub fn header(mut self, name: HeaderName) -> Self {
-        self.transport = Transport::header(name);
+        self.transports
+            .add(&mut self.explicit, Transport::header(name));
         self
     }
 
@@ -184,73 +168,134 @@ impl<S: SessionStore> SessionLayer<S> {
         self
     }
 
-    /// How many times a save is attempted when concurrent requests keep
-    /// changing the session (default 16), and the pause range between
-    /// attempts: uniform in `[0, min(cap, base x 2^attempt))` (defaults
-    /// 2 ms and 128 ms).
-    pub fn conflict_retries(mut self, attempts: u32, base: Duration, cap: Duration) -> Self {
-        self.policy.retry = RetryPolicy {
-            attempts: attempts.max(1),
-            base,
-            cap,
-        };
+    /// Whether a bearer (or header) token that is malformed, or that opens
+    /// no session (unknown, expired, revoked), is refused with 401 and
+    /// `WWW-Authenticate: Bearer error="invalid_token"` (default `false`:
+    /// such a request goes on without a session, and a write starts a new
+    /// one, as for a browser with a stale cookie).
+    ///
+    /// API clients usually want the 401: it tells them to authenticate
+    /// again instead of silently working in a new, empty session. A
+    /// malformed token is refused before the handler runs; a well-formed one
+    /// when the handler first touches its session (the load is lazy), as
+    /// [`SessionError::InvalidToken`]. Cookies are never refused this way
+    /// (browsers keep stale cookies; the layer clears them).
+    ///
+    /// ```
+    /// use tower_redis_sessions::{MemoryStore, SessionLayer};
+    ///
+    /// let api = SessionLayer::new(MemoryStore::default())
+    ///     .bearer()
+    ///     .reject_invalid_tokens(true);
+    /// ```
+    pub fn reject_invalid_tokens(mut self, reject: bool) -> Self {
+        self.reject_invalid = reject;
+        self
+    }
+
+    /// How saves retry when concurrent requests keep changing the session.
+    pub fn retry(mut self, retry: RetryPolicy) -> Self {
+        self.policy.retry = retry;
         self
     }
 }
 
-impl<S, I> Layer<I> for SessionLayer<S> {
-    type Service = SessionService<I, S>;
+impl<S> Layer<S> for SessionLayer {
+    type Service = SessionService<S>;
 
-    fn layer(&self, inner: I) -> Self::Service {
+    fn layer(&self, inner: S) -> Self::Service {
         SessionService {
             inner,
-            store: self.store.clone(),
-            config: Arc::new((self.transport.clone(), Arc::new(self.policy.clone()))),
+            shared: Arc::new(Shared {
+                store: self.store.clone(),
+                transports: self.transports.clone(),
+                policy: Arc::new(self.policy.clone()),
+                reject_invalid: self.reject_invalid,
+            }),
         }
     }
 }
 
-/// The service of [`SessionLayer`].
-pub struct SessionService<I, S> {
-    inner: I,
-    store: Arc<S>,
-    config: Arc<(Transport, Arc<Policy>)>,
+/// The service of [`SessionLayer`], around the inner service `S`.
+pub struct SessionService<S> {
+    inner: S,
+    shared: Arc<Shared>,
 }
 
-impl<I: Clone, S> Clone for SessionService<I, S> {
+impl<S> SessionService<S> {
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Consumes `self`, returning the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: Clone> Clone for SessionService<S> {
     fn clone(&self) -> Self {
         SessionService {
             inner: self.inner.clone(),
-            store: self.store.clone(),
-            config: self.config.clone(),
+            shared: self.shared.clone(),
         }
     }
 }
 
-impl<I, S, ReqBody, ResBody> Service<Request<ReqBody>> for SessionService<I, S>
+impl<S: fmt::Debug> fmt::Debug for SessionService<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionService")
+            .field("inner", &self.inner)
+            .field("transports", &self.shared.transports)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for SessionService<S>
 where
-    I: Service<Request<ReqBody>, Response = Response<ResBody>>,
-    S: SessionStore,
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
     ResBody: From<&'static str> + Send + 'static,
 {
     type Response = Response<ResBody>;
-    type Error = I::Error;
-    type Future = ResponseFuture<I::Future, ResBody>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, ResBody>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
-        let (transport, policy) = &*self.config;
-        let incoming = transport.read(request.headers());
-        let store: Arc<dyn SessionStore> = self.store.clone();
-        let session = Session::new(store, policy.clone(), incoming);
+        let shared = &self.shared;
+        let incoming = shared.transports.read(request.headers());
+        if incoming.invalid && shared.reject_invalid {
+            return ResponseFuture {
+                inner: None,
+                rejected: Some(SessionError::InvalidToken.to_response()),
+                session: None,
+                shared: self.shared.clone(),
+                via: incoming.via,
+                finishing: None,
+            };
+        }
+        let session = Session::new(
+            shared.store.clone(),
+            shared.policy.clone(),
+            incoming.token,
+            shared.reject_invalid && incoming.by_header,
+        );
         request.extensions_mut().insert(session.clone());
         ResponseFuture {
-            inner: self.inner.call(request),
+            inner: Some(self.inner.call(request)),
+            rejected: None,
             session: Some(session),
-            config: self.config.clone(),
+            shared: self.shared.clone(),
+            via: incoming.via,
             finishing: None,
         }
     }
@@ -263,9 +308,13 @@ type Finishing<B> = Pin<Box<dyn Future<Output = Response<B>> + Send>>;
 #[pin_project]
 pub struct ResponseFuture<F, B> {
     #[pin]
-    inner: F,
+    inner: Option<F>,
+    /// The answer to a request refused before its handler ran.
+    rejected: Option<Response<B>>,
     session: Option<Session>,
-    config: Arc<(Transport, Arc<Policy>)>,
+    shared: Arc<Shared>,
+    /// The transport the token came by (the response answers on it).
+    via: usize,
     finishing: Option<Finishing<B>>,
 }
 
@@ -281,12 +330,20 @@ where
         if let Some(finishing) = this.finishing.as_mut() {
             return finishing.as_mut().poll(cx).map(Ok);
         }
-        let response = ready!(this.inner.poll(cx))?;
+        let Some(inner) = this.inner.as_pin_mut() else {
+            let refused = this.rejected.take();
+            return Poll::Ready(Ok(refused.unwrap_or_else(|| {
+                // Polled again after it answered: a bug of the caller's;
+                // answer rather than panic.
+                SessionError::MissingLayer.to_response()
+            })));
+        };
+        let response = ready!(inner.poll(cx))?;
         let Some(session) = this.session.take().filter(Session::was_used) else {
             // The handler never touched its session: nothing to do.
             return Poll::Ready(Ok(response));
         };
-        let mut finishing = Box::pin(finish(session, response, this.config.clone()));
+        let mut finishing = Box::pin(finish(session, response, this.shared.clone(), *this.via));
         let poll = finishing.as_mut().poll(cx).map(Ok);
         *this.finishing = Some(finishing);
         poll
@@ -296,12 +353,15 @@ where
 async fn finish<B: From<&'static str>>(
     session: Session,
     mut response: Response<B>,
-    config: Arc<(Transport, Arc<Policy>)>,
+    shared: Arc<Shared>,
+    via: usize,
 ) -> Response<B> {
     let save = !response.status().is_server_error();
     match session.finish(save).await {
         Ok(Some(update)) => {
-            config.0.write(response.headers_mut(), &update);
+            shared
+                .transports
+                .write(via, response.headers_mut(), &update);
             response
         }
         Ok(None) => response,
@@ -309,7 +369,9 @@ async fn finish<B: From<&'static str>>(
             let mut response = error.to_response();
             if let SessionError::Ended = error {
                 // The client's token opens nothing any more.
-                config.0.write(response.headers_mut(), &TokenUpdate::Clear);
+                shared
+                    .transports
+                    .write(via, response.headers_mut(), &TokenUpdate::Clear);
             }
             response
         }

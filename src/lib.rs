@@ -72,12 +72,16 @@ pub mod store;
 mod token;
 mod transport;
 
+pub use transport::CookieConfig;
+
 pub use codec::{KeyError, Keyring, MIN_SECRET_LEN};
 pub use cookie::SameSite;
 pub use error::SessionError;
 pub use layer::{SessionLayer, SessionService};
-pub use record::{Data, Millis, Record};
-pub use session::{Session, SessionInfo};
+pub use record::{
+    Data, MAX_METADATA_FIELDS, MAX_METADATA_KEY, MAX_METADATA_VALUE, Metadata, Millis, Record,
+};
+pub use session::{RetryPolicy, Session, SessionInfo};
 pub use store::core::StoreStats;
 pub use store::{
     MemoryStore, RedisStore, RedisStoreBuilder, RetireOutcome, SaveOutcome, SessionStore,

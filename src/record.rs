@@ -43,7 +43,26 @@ pub struct Record {
     pub version: u64,
     /// The session's values.
     pub data: Data,
+    /// What the application calls this session in a "your devices" listing
+    /// (for instance `"Firefox on Linux"`); see [`Session::set_label`](crate::Session::set_label).
+    pub label: Option<String>,
+    /// Small fields the application keeps about the session, listed with it
+    /// (for instance the user agent at login); see
+    /// [`Session::set_metadata`](crate::Session::set_metadata).
+    pub metadata: Metadata,
 }
+
+/// A session's metadata: short text fields chosen by the application, at
+/// most [`MAX_METADATA_FIELDS`] of them, keys up to
+/// [`MAX_METADATA_KEY`] and values up to [`MAX_METADATA_VALUE`] bytes.
+pub type Metadata = BTreeMap<String, String>;
+
+/// The most metadata fields a session holds.
+pub const MAX_METADATA_FIELDS: usize = 16;
+/// The longest metadata key, in bytes.
+pub const MAX_METADATA_KEY: usize = 64;
+/// The longest metadata value (and label), in bytes.
+pub const MAX_METADATA_VALUE: usize = 512;
 
 impl Record {
     /// A new, unsaved record (version 0).
@@ -58,6 +77,8 @@ impl Record {
             absolute_deadline: None,
             version: 0,
             data: Data::new(),
+            label: None,
+            metadata: Metadata::new(),
         }
     }
 

@@ -19,8 +19,8 @@ use axum::routing::post;
 use ciborium::Value as Cbor;
 use serde_json::{Value, json};
 use tower_redis_sessions::{
-    Keyring, Record, RedisStore, SaveOutcome, Session, SessionError, SessionLayer, SessionStore,
-    StoreConfig, StoreError, Token,
+    CookieConfig, Keyring, Record, RedisStore, SaveOutcome, Session, SessionError, SessionLayer,
+    SessionStore, StoreConfig, StoreError, Token,
 };
 
 use common::shared_server;
@@ -118,7 +118,7 @@ async fn oversized_write_through_the_layer_is_a_500_and_changes_nothing() {
     let app = Router::new()
         .route("/put/{len}", post(put))
         .merge(http::demo_app::routes())
-        .layer(SessionLayer::shared(store.clone()).secure(false));
+        .layer(SessionLayer::shared(store.clone()).cookie(CookieConfig::default().secure(false)));
     let web = Server::start(app).await;
 
     let a = Browser::new(&web);
@@ -184,9 +184,9 @@ async fn oversized_blob_in_redis_is_not_decoded() {
     // Through the layer: no session, a fresh start; the blob stays as it
     // was (loading neither decodes nor deletes it).
     let before = stored_blob(&key).unwrap();
-    let web = Server::start(
-        http::demo_app::routes().layer(SessionLayer::shared(Arc::new(strict)).secure(false)),
-    )
+    let web = Server::start(http::demo_app::routes().layer(
+        SessionLayer::shared(Arc::new(strict)).cookie(CookieConfig::default().secure(false)),
+    ))
     .await;
     let a = Browser::new(&web);
     a.set_token(&token.to_string());
@@ -215,10 +215,11 @@ async fn max_listed_caps_listings() {
     }
     assert_eq!(store.list("lee", None).await.unwrap().len(), 3);
 
-    let web = Server::start(
-        http::demo_app::routes().layer(SessionLayer::shared(store.clone()).secure(false)),
-    )
-    .await;
+    let web =
+        Server::start(http::demo_app::routes().layer(
+            SessionLayer::shared(store.clone()).cookie(CookieConfig::default().secure(false)),
+        ))
+        .await;
     let a = Browser::new(&web);
     a.login("lee").await;
     let listed: Value = a.get("/api/sessions").await.json().await.unwrap();

@@ -13,7 +13,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::routing::{get, post};
 use reqwest::header::COOKIE;
-use tower_redis_sessions::{Millis, RedisStore, Session, SessionError, SessionLayer};
+use tower_redis_sessions::{CookieConfig, Millis, RedisStore, Session, SessionError, SessionLayer};
 
 use common::stores::ManualClock;
 use http::{Server, bare_client, session_cookie};
@@ -90,7 +90,7 @@ async fn client(idle: Duration) -> Client {
         .route("/read", get(read))
         .route("/remember", post(remember));
     let layer = SessionLayer::new(store)
-        .secure(false)
+        .cookie(CookieConfig::default().secure(false))
         .idle_timeout(Some(idle))
         .lifetime(None);
     Client {

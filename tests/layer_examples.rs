@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use reqwest::cookie::Jar;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
-use tower_redis_sessions::{MemoryStore, RedisStore, SessionLayer};
+use tower_redis_sessions::{CookieConfig, MemoryStore, RedisStore, SessionLayer};
 
 use http::{bare_client, client_builder, session_cookie};
 
@@ -71,7 +71,8 @@ async fn hyper_counter(base: &str) {
 async fn hyper_service_in_process_memory() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let layer = SessionLayer::new(MemoryStore::default()).secure(false);
+    let layer =
+        SessionLayer::new(MemoryStore::default()).cookie(CookieConfig::default().secure(false));
     let task = tokio::spawn(hyper_service::serve(listener, layer));
     hyper_counter(&format!("http://{addr}")).await;
     task.abort();
@@ -87,7 +88,7 @@ async fn hyper_service_in_process_redis() {
     let addr = listener.local_addr().unwrap();
     let task = tokio::spawn(hyper_service::serve(
         listener,
-        SessionLayer::new(store).secure(false),
+        SessionLayer::new(store).cookie(CookieConfig::default().secure(false)),
     ));
     hyper_counter(&format!("http://{addr}")).await;
     task.abort();

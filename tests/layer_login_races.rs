@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use reqwest::header::COOKIE;
 use serde_json::{Value, json};
-use tower_redis_sessions::{Keyring, RedisStore, SessionLayer, StoreConfig};
+use tower_redis_sessions::{CookieConfig, Keyring, RedisStore, SessionLayer, StoreConfig};
 
 use hold::HoldProxy;
 use http::{Server, bare_client, demo_app, session_cookie};
@@ -44,7 +44,8 @@ impl Apps {
         let b = Arc::new(RedisStore::connect(&redis.url(), config()).await.unwrap());
         let library = a.library_name().to_owned();
         let serve = |store: Arc<RedisStore>| {
-            demo_app::routes().layer(SessionLayer::shared(store).secure(false))
+            demo_app::routes()
+                .layer(SessionLayer::shared(store).cookie(CookieConfig::default().secure(false)))
         };
         Apps {
             proxy,

@@ -12,7 +12,9 @@ use axum::Router;
 use axum::routing::get;
 use reqwest::header::{AUTHORIZATION, COOKIE, SET_COOKIE};
 use serde_json::{Value, json};
-use tower_redis_sessions::{MemoryStore, SameSite, Session, SessionError, SessionLayer};
+use tower_redis_sessions::{
+    CookieConfig, MemoryStore, SameSite, Session, SessionError, SessionLayer,
+};
 
 use http::demo_app;
 use http::{Backend, Browser, Server, Store, bare_client, invented_token, session_cookie};
@@ -120,7 +122,7 @@ async fn fixation_cluster() {
 // ------------------------------------------------------ cookie attributes
 
 /// The demo's routes behind `layer` on a fresh MemoryStore.
-async fn serve_layer(layer: SessionLayer<MemoryStore>) -> Server {
+async fn serve_layer(layer: SessionLayer) -> Server {
     Server::start(demo_app::app(layer)).await
 }
 
@@ -201,7 +203,8 @@ async fn max_age_follows_the_earlier_deadline() {
 
 #[tokio::test]
 async fn browser_session_cookie_has_no_max_age() {
-    let layer = SessionLayer::new(MemoryStore::default()).browser_session(true);
+    let layer = SessionLayer::new(MemoryStore::default())
+        .cookie(CookieConfig::default().browser_session(true));
     let server = serve_layer(layer).await;
     let response = post(&server, "/api/incr/x", None).await;
     let c = session_cookie(&response, "session").unwrap();
@@ -222,13 +225,15 @@ async fn browser_session_cookie_has_no_max_age() {
 
 #[tokio::test]
 async fn configured_attributes() {
-    let layer = SessionLayer::new(MemoryStore::default())
-        .cookie_name("sid")
-        .domain("example.test")
-        .path("/app")
-        .same_site(SameSite::Strict)
-        .http_only(false)
-        .secure(false);
+    let layer = SessionLayer::new(MemoryStore::default()).cookie(
+        CookieConfig::default()
+            .name("sid")
+            .domain("example.test")
+            .path("/app")
+            .same_site(SameSite::Strict)
+            .http_only(false)
+            .secure(false),
+    );
     let server = serve_layer(layer).await;
     let response = post(&server, "/api/incr/x", None).await;
     assert_eq!(session_cookie(&response, "session"), None);
@@ -252,7 +257,8 @@ async fn configured_attributes() {
 
 #[tokio::test]
 async fn logout_sends_a_removal_cookie() {
-    let layer = SessionLayer::new(MemoryStore::default()).domain("example.test");
+    let layer = SessionLayer::new(MemoryStore::default())
+        .cookie(CookieConfig::default().domain("example.test"));
     let server = serve_layer(layer).await;
     let c = session_cookie(&post(&server, "/api/incr/x", None).await, "session").unwrap();
     let cookie = format!("session={}", c.value());
@@ -371,7 +377,19 @@ async fn json_api_contract() {
         .as_millis() as u64;
     for s in list {
         let keys: Vec<&String> = s.as_object().unwrap().keys().collect();
-        assert_eq!(keys, ["created_at", "current", "kind", "last_seen"]);
+        assert_eq!(
+            keys,
+            [
+                "created_at",
+                "current",
+                "device",
+                "id",
+                "kind",
+                "last_seen",
+                "user_agent"
+            ]
+        );
+        assert!(s["id"].as_str().is_some_and(|id| id.len() == 43), "{s}");
         assert_eq!(s["kind"], json!("web"));
         let created = s["created_at"].as_u64().unwrap();
         let seen = s["last_seen"].as_u64().unwrap();
@@ -572,4 +590,54 @@ async fn missing_layer_is_a_clear_500() {
         .unwrap();
     assert_eq!(response.status(), 500);
     assert!(response.text().await.unwrap().contains("SessionLayer"));
+}
+
+/// A cookie and a bearer token on one layer: each request is answered on the
+/// transport its token came by, a request without a token on the first one,
+/// and the cookie's settings survive adding the bearer transport.
+#[tokio::test]
+async fn cookie_and_bearer_on_one_layer() {
+    let layer = SessionLayer::new(MemoryStore::default())
+        .cookie(CookieConfig::default().name("sid").secure(false))
+        .bearer();
+    let server = serve_layer(layer).await;
+    let http = bare_client();
+
+    // No token: answered on the first transport, the cookie "sid".
+    let response = http.post(server.url("/api/incr/x")).send().await.unwrap();
+    let cookie = session_cookie(&response, "sid").expect("the cookie transport answers");
+    assert!(response.headers().get("x-session-token").is_none());
+    assert_eq!(cookie.secure(), None, "the cookie's settings are kept");
+
+    // The cookie's token opens the session; the bearer transport opens it too.
+    let token = cookie.value().to_owned();
+    let response = http
+        .post(server.url("/api/incr/x"))
+        .header(AUTHORIZATION, format!("Bearer {token}"))
+        .send()
+        .await
+        .unwrap();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["value"], json!(2));
+
+    // A bearer client creating its session is answered with the header.
+    let response = http
+        .post(server.url("/api/login"))
+        .header(AUTHORIZATION, format!("Bearer {token}"))
+        .json(&json!({ "user": "ada" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(
+        response.headers().get(SET_COOKIE).is_none(),
+        "no cookie for a bearer client"
+    );
+    let new = response.headers()["x-session-token"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_ne!(new, token);
+    let (_, body) = http::session_with_cookie(&http, &server, &format!("sid={new}")).await;
+    assert_eq!(body, json!({ "user": "ada", "data": { "x": 2 } }));
 }

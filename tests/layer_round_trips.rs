@@ -16,7 +16,9 @@ use axum::http::StatusCode;
 use axum::routing::post;
 use reqwest::header::COOKIE;
 use serde_json::{Value, json};
-use tower_redis_sessions::{RedisStore, Session, SessionError, SessionLayer, StoreConfig};
+use tower_redis_sessions::{
+    CookieConfig, RedisStore, Session, SessionError, SessionLayer, StoreConfig,
+};
 
 use common::{CommandStats, RedisCluster, RedisServer};
 use http::{Browser, Server, assert_round_trips, bare_client, demo_app, session_cookie};
@@ -61,7 +63,7 @@ fn test_routes() -> Router {
 fn app(store: &Arc<RedisStore>) -> Router {
     demo_app::routes()
         .merge(test_routes())
-        .layer(SessionLayer::shared(store.clone()).secure(false))
+        .layer(SessionLayer::shared(store.clone()).cookie(CookieConfig::default().secure(false)))
 }
 
 /// What `f` costs on `stats()`'s server(s).

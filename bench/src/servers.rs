@@ -60,7 +60,7 @@ pub mod ours {
             .await
             .map_err(|e| e.to_string())?;
         let layer = SessionLayer::new(store)
-            .secure(false)
+            .cookie(tower_redis_sessions::CookieConfig::default().secure(false))
             .idle_timeout(Some(IDLE));
         Ok(Router::new()
             .route("/untouched", get(untouched))

@@ -12,27 +12,32 @@
 //! | `POST /api/incr/{key}` | `{"key": "<key>", "value": <n>}`, the value as stored; 409 if the session was ended (logout, revocation) while this request ran, so the increment was not stored |
 //! | `POST /api/login` `{"user": "<name>"}` | `{"user": "<name>"}` (new token) |
 //! | `POST /api/logout` | `{"ok": true}` (session deleted, cookie cleared) |
-//! | `GET /api/sessions` | `[{"current", "kind", "created_at", "last_seen"}, ...]`; 401 when not logged in |
+//! | `GET /api/sessions` | `[{"id", "current", "kind", "device", "user_agent", "created_at", "last_seen"}, ...]`; 401 when not logged in |
+//! | `POST /api/sessions/{id}/revoke` | `{"revoked": true}`: ends one of the user's own sessions (the current one logs out); 404 for an id that is not theirs; 401 when not logged in |
 //! | `POST /api/sessions/revoke-others` | `{"revoked": <n>}`; 401 when not logged in |
+//!
+//! A login records the client's device: `device` is a short label made from
+//! the `User-Agent` at login ("Firefox on Linux"), kept in the session's
+//! sealed record with the full user agent.
 //!
 //! Routes that never touch the session, and so never call the store:
 //! `GET /healthz` and `GET /style.css`.
 //!
-//! The HTML forms post to `/login`, `/logout` and `/logout-others`, which
-//! redirect back to `/`. They carry no CSRF token: the session cookie is
+//! The HTML forms post to `/login`, `/logout`, `/logout-others` and
+//! `/sessions/{id}/revoke`, which redirect back to `/`. They carry no CSRF token: the session cookie is
 //! `SameSite=Lax`, which browsers do not send with cross-site POSTs.
 
 use axum::extract::Path;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Form, Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tower_redis_sessions::{Session, SessionError, SessionLayer, SessionStore};
+use tower_redis_sessions::{Session, SessionError, SessionId, SessionInfo, SessionLayer};
 
 /// The demo's routes behind `layer`.
-pub fn app<S: SessionStore>(layer: SessionLayer<S>) -> Router {
+pub fn app(layer: SessionLayer) -> Router {
     routes().layer(layer)
 }
 
@@ -43,6 +48,7 @@ pub fn routes() -> Router {
         .route("/login", post(form_login))
         .route("/logout", post(form_logout))
         .route("/logout-others", post(form_logout_others))
+        .route("/sessions/{id}/revoke", post(form_revoke))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/style.css", get(style))
         .route("/api/session", get(api_session))
@@ -51,6 +57,7 @@ pub fn routes() -> Router {
         .route("/api/logout", post(api_logout))
         .route("/api/sessions", get(api_sessions))
         .route("/api/sessions/revoke-others", post(api_revoke_others))
+        .route("/api/sessions/{id}/revoke", post(api_revoke))
 }
 
 /// Longest user name and session key the demo accepts.
@@ -63,6 +70,8 @@ pub enum AppError {
     Session(SessionError),
     /// The request is unusable (400).
     BadRequest(&'static str),
+    /// No such thing for this user (404).
+    NotFound(&'static str),
     /// The session ended (logout or revocation) while this request ran, so
     /// its change was not stored (409).
     Ended,
@@ -81,6 +90,7 @@ impl IntoResponse for AppError {
         let (status, message) = match self {
             AppError::Session(e) => return e.into_response(),
             AppError::BadRequest(m) => (StatusCode::BAD_REQUEST, m.to_owned()),
+            AppError::NotFound(m) => (StatusCode::NOT_FOUND, m.to_owned()),
             AppError::Ended => (
                 StatusCode::CONFLICT,
                 "the session ended while this request ran; nothing was stored".to_owned(),
@@ -142,11 +152,63 @@ fn valid_user(user: &str) -> Result<&str, AppError> {
     Ok(user)
 }
 
-/// `POST /api/login`: binds the session to the user, under a new token.
-async fn api_login(session: Session, Json(login): Json<Login>) -> Result<Json<Value>, AppError> {
-    let user = valid_user(&login.user)?;
+/// Binds the session to `user` and notes the device it signs in from.
+async fn sign_in(session: &Session, user: &str, headers: &HeaderMap) -> Result<(), AppError> {
     // A real application checks a password here.
     session.login(user).await?;
+    let agent = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    // Kept short: the store bounds labels and metadata values.
+    let agent: String = agent.chars().take(256).collect();
+    session.set_label(Some(device(&agent))).await?;
+    session.set_metadata("user_agent", agent).await?;
+    Ok(())
+}
+
+/// "Firefox on Linux", from a user agent; "unknown device" when it says
+/// nothing recognisable.
+fn device(agent: &str) -> String {
+    let browser = [
+        ("Edg/", "Edge"),
+        ("OPR/", "Opera"),
+        ("Firefox/", "Firefox"),
+        ("Chrome/", "Chrome"),
+        ("Safari/", "Safari"),
+        ("curl/", "curl"),
+        ("reqwest", "reqwest"),
+    ]
+    .iter()
+    .find(|(needle, _)| agent.contains(needle))
+    .map(|(_, name)| *name);
+    let system = [
+        ("Android", "Android"),
+        ("iPhone", "iOS"),
+        ("iPad", "iPadOS"),
+        ("Windows", "Windows"),
+        ("Mac OS X", "macOS"),
+        ("Linux", "Linux"),
+    ]
+    .iter()
+    .find(|(needle, _)| agent.contains(needle))
+    .map(|(_, name)| *name);
+    match (browser, system) {
+        (Some(b), Some(s)) => format!("{b} on {s}"),
+        (Some(b), None) => b.to_owned(),
+        (None, Some(s)) => format!("a browser on {s}"),
+        (None, None) => "unknown device".to_owned(),
+    }
+}
+
+/// `POST /api/login`: binds the session to the user, under a new token.
+async fn api_login(
+    session: Session,
+    headers: HeaderMap,
+    Json(login): Json<Login>,
+) -> Result<Json<Value>, AppError> {
+    let user = valid_user(&login.user)?;
+    sign_in(&session, user, &headers).await?;
     // Store the new session now, so that the answer is the truth: a login
     // from a session that another request logged out or revoked meanwhile
     // fails (409) instead of carrying it on.
@@ -167,14 +229,37 @@ async fn api_sessions(session: Session) -> Result<Json<Value>, AppError> {
         .iter()
         .map(|s| {
             json!({
+                "id": s.id.to_string(),
                 "current": s.current,
                 "kind": s.kind,
+                "device": device_of(s),
+                "user_agent": s.metadata.get("user_agent"),
                 "created_at": s.created_at,
                 "last_seen": s.last_seen,
             })
         })
         .collect();
     Ok(Json(Value::Array(list)))
+}
+
+fn device_of(s: &SessionInfo) -> &str {
+    s.label.as_deref().unwrap_or("unknown device")
+}
+
+/// Ends the session `id` if it is one of the user's own.
+async fn revoke_one(session: &Session, id: &str) -> Result<(), AppError> {
+    let id = SessionId::parse(id).ok_or(AppError::NotFound("no such session"))?;
+    if session.revoke(&id).await? {
+        Ok(())
+    } else {
+        Err(AppError::NotFound("no such session"))
+    }
+}
+
+/// `POST /api/sessions/{id}/revoke`: ends one of the user's sessions.
+async fn api_revoke(session: Session, Path(id): Path<String>) -> Result<Json<Value>, AppError> {
+    revoke_one(&session, &id).await?;
+    Ok(Json(json!({ "revoked": true })))
 }
 
 /// `POST /api/sessions/revoke-others`: "log out everywhere else".
@@ -215,16 +300,20 @@ async fn page(session: Session) -> Result<Html<String>, AppError> {
             let now = now_millis();
             html.push_str(
                 "<h2>Your sessions</h2>\n<table>\n\
-                 <tr><th></th><th>kind</th><th>created</th><th>last seen</th></tr>\n",
+                 <tr><th></th><th>device</th><th>kind</th><th>created</th><th>last seen</th><th></th></tr>\n",
             );
             for s in session.sessions().await? {
                 html.push_str(&format!(
-                    "<tr{}><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
+                    "<tr{}><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
+                     <td><form method=\"post\" action=\"/sessions/{}/revoke\"><button>{}</button></form></td></tr>\n",
                     if s.current { " class=\"current\"" } else { "" },
                     if s.current { "this one" } else { "" },
+                    escape(device_of(&s)),
                     escape(&s.kind),
                     when(s.created_at, now),
                     when(s.last_seen, now),
+                    s.id,
+                    if s.current { "Log out" } else { "Revoke" },
                 ));
             }
             html.push_str("</table>\n<p class=\"hint\">Open this page in another browser and log in as the same user to see a second session.</p>\n");
@@ -240,9 +329,19 @@ struct LoginForm {
 }
 
 /// `POST /login` (form).
-async fn form_login(session: Session, Form(form): Form<LoginForm>) -> Result<Redirect, AppError> {
+async fn form_login(
+    session: Session,
+    headers: HeaderMap,
+    Form(form): Form<LoginForm>,
+) -> Result<Redirect, AppError> {
     let user = valid_user(&form.user)?;
-    session.login(user).await?;
+    sign_in(&session, user, &headers).await?;
+    Ok(Redirect::to("/"))
+}
+
+/// `POST /sessions/{id}/revoke` (form).
+async fn form_revoke(session: Session, Path(id): Path<String>) -> Result<Redirect, AppError> {
+    revoke_one(&session, &id).await?;
     Ok(Redirect::to("/"))
 }
 

@@ -37,6 +37,8 @@
 //!   absolute lifetime of new sessions, in ms (0 = none; defaults: the
 //!   layer's, 24 hours and 30 days).
 //! - `SESSION_TOUCH_MS`: the store's touch interval (default 60 s).
+//! - `SESSION_ENCRYPT=1`: seal sessions encrypted (private records) rather
+//!   than only signed.
 //! - `RUST_LOG`: what to log (an `EnvFilter`, default `info`).
 //!
 //! Ctrl-C or SIGTERM stops it gracefully.
@@ -53,8 +55,8 @@ use axum::Router;
 use tokio::net::TcpListener;
 use tower_redis_sessions::store::TlsConfig;
 use tower_redis_sessions::{
-    Keyring, MIN_SECRET_LEN, MemoryStore, RedisStore, RedisStoreBuilder, SessionLayer,
-    SessionStore, StoreConfig,
+    CookieConfig, Keyring, MIN_SECRET_LEN, MemoryStore, RedisStore, RedisStoreBuilder,
+    SessionLayer, SessionStore, StoreConfig,
 };
 
 type BoxError = Box<dyn Error + Send + Sync>;
@@ -81,7 +83,11 @@ async fn main() -> ExitCode {
 }
 
 async fn run() -> Result<(), BoxError> {
-    let mut config = StoreConfig::new(keyring()?);
+    let mut keys = keyring()?;
+    if flag("SESSION_ENCRYPT")? {
+        keys = keys.encrypt_records(true);
+    }
+    let mut config = StoreConfig::new(keys);
     if let Some(touch) = millis_var("SESSION_TOUCH_MS")? {
         config = config.touch_interval(Duration::from_millis(touch));
     }
@@ -269,14 +275,15 @@ struct Settings {
     lifetime: Option<u64>,
 }
 
-fn with_layer<S: SessionStore>(store: S, settings: &Settings) -> Router {
+fn with_layer(store: impl SessionStore, settings: &Settings) -> Router {
     // The demo serves plain http://, and clients other than browsers on
     // localhost (curl, Python requests, reqwest) do not send a `Secure`
     // cookie back over plain HTTP: with the default `Secure` cookie every
     // request would start a new session. So it is off here, and
     // COOKIE_SECURE=1 turns it back on behind TLS. Everything else keeps the
     // layer's defaults unless the environment says otherwise.
-    let mut layer = SessionLayer::new(store).secure(settings.secure);
+    let mut layer =
+        SessionLayer::new(store).cookie(CookieConfig::default().secure(settings.secure));
     let duration = |ms: u64| (ms > 0).then(|| Duration::from_millis(ms));
     if let Some(idle) = settings.idle {
         layer = layer.idle_timeout(duration(idle));
@@ -336,10 +343,15 @@ fn keyring() -> Result<Keyring, BoxError> {
 }
 
 fn cookie_secure() -> Result<bool, BoxError> {
-    match env("COOKIE_SECURE").as_deref().map(str::trim) {
+    flag("COOKIE_SECURE")
+}
+
+/// A 1/0 switch from the environment (unset: off).
+fn flag(name: &str) -> Result<bool, BoxError> {
+    match env(name).as_deref().map(str::trim) {
         None | Some("0" | "false" | "no") => Ok(false),
         Some("1" | "true" | "yes") => Ok(true),
-        Some(other) => Err(format!("COOKIE_SECURE must be 1 or 0, not {other:?}").into()),
+        Some(other) => Err(format!("{name} must be 1 or 0, not {other:?}").into()),
     }
 }
 

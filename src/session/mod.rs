@@ -15,12 +15,13 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{Mutex, MutexGuard};
 
 use crate::error::SessionError;
-use crate::record::{Data, Millis, Record};
+use crate::record::{Data, MAX_METADATA_KEY, MAX_METADATA_VALUE, Metadata, Millis, Record};
 use crate::store::SessionStore;
 use crate::token::{SessionId, Token};
 
+pub use self::state::RetryPolicy;
 use self::state::{Change, State};
-pub(crate) use self::state::{Policy, RetryPolicy, TokenUpdate};
+pub(crate) use self::state::{Policy, TokenUpdate};
 
 /// The session of the current request.
 ///
@@ -82,6 +83,10 @@ pub struct SessionInfo {
     pub absolute_deadline: Option<Millis>,
     /// Whether it is the session of this request.
     pub current: bool,
+    /// The application's label for it ([`Session::set_label`]).
+    pub label: Option<String>,
+    /// The application's fields about it ([`Session::set_metadata`]).
+    pub metadata: Metadata,
 }
 
 impl SessionInfo {
@@ -94,6 +99,8 @@ impl SessionInfo {
             idle_deadline: record.idle_deadline(),
             absolute_deadline: record.absolute_deadline,
             current: current == Some(record.id),
+            label: record.label.clone(),
+            metadata: record.metadata.clone(),
         }
     }
 }
@@ -103,13 +110,14 @@ impl Session {
         store: Arc<dyn SessionStore>,
         policy: Arc<Policy>,
         incoming: Option<Token>,
+        reject_unknown: bool,
     ) -> Session {
         Session {
             inner: Arc::new(Inner {
                 store,
                 policy,
                 used: AtomicBool::new(false),
-                state: Mutex::new(State::new(incoming)),
+                state: Mutex::new(State::new(incoming, reject_unknown)),
             }),
         }
     }
@@ -305,6 +313,47 @@ impl Session {
         self.change(Change::Lifetime(lifetime)).await
     }
 
+    /// Names this session for "your devices" listings (`None` removes the
+    /// name), for instance from the user agent at login. Stored inside the
+    /// sealed record, at most [`MAX_METADATA_VALUE`] bytes.
+    ///
+    /// ```
+    /// # use tower_redis_sessions::{Session, SessionError};
+    /// async fn login(session: Session, user: String, agent: String) -> Result<(), SessionError> {
+    ///     session.login(user).await?;
+    ///     session.set_label(Some("Firefox on Linux".to_owned())).await?;
+    ///     session.set_metadata("user_agent", agent).await
+    /// }
+    /// ```
+    pub async fn set_label(&self, label: Option<String>) -> Result<(), SessionError> {
+        if let Some(label) = &label {
+            check_len("label", label, MAX_METADATA_VALUE)?;
+        }
+        self.change(Change::Label(label)).await
+    }
+
+    /// Sets a small text field about this session (user agent, sign-in
+    /// method, ...) that [`sessions`](Session::sessions) lists with it.
+    /// Stored inside the sealed record; at most
+    /// [`MAX_METADATA_FIELDS`](crate::MAX_METADATA_FIELDS) fields, keys up
+    /// to [`MAX_METADATA_KEY`] and values up to [`MAX_METADATA_VALUE`] bytes.
+    pub async fn set_metadata(
+        &self,
+        key: &str,
+        value: impl Into<String>,
+    ) -> Result<(), SessionError> {
+        let value = value.into();
+        check_len(key, key, MAX_METADATA_KEY)?;
+        check_len(key, &value, MAX_METADATA_VALUE)?;
+        self.change(Change::Metadata(key.to_owned(), Some(value)))
+            .await
+    }
+
+    /// Removes a metadata field.
+    pub async fn remove_metadata(&self, key: &str) -> Result<(), SessionError> {
+        self.change(Change::Metadata(key.to_owned(), None)).await
+    }
+
     /// The sessions of this session's user (all kinds), the current one
     /// marked. [`SessionError::NotLoggedIn`] if the session has no user.
     pub async fn sessions(&self) -> Result<Vec<SessionInfo>, SessionError> {
@@ -325,9 +374,28 @@ impl Session {
     }
 
     /// Deletes all of the user's sessions except this one ("log out
-    /// everywhere else"). Returns how many were deleted; their in-flight
-    /// writes find them gone and are not saved.
+    /// everywhere else"), of every kind. Returns how many were deleted;
+    /// their in-flight writes find them gone and are not saved.
     pub async fn revoke_others(&self) -> Result<u64, SessionError> {
+        self.revoke_others_where(None).await
+    }
+
+    /// Deletes the user's other sessions of one kind only: for instance
+    /// "log out every other browser" while the user's `"api"` sessions
+    /// (tokens of scripts and apps) stay.
+    ///
+    /// ```
+    /// # use tower_redis_sessions::{Session, SessionError};
+    /// async fn log_out_other_browsers(session: Session) -> Result<String, SessionError> {
+    ///     let ended = session.revoke_others_of_kind("web").await?;
+    ///     Ok(format!("{ended} other browser sessions ended"))
+    /// }
+    /// ```
+    pub async fn revoke_others_of_kind(&self, kind: &str) -> Result<u64, SessionError> {
+        self.revoke_others_where(Some(kind)).await
+    }
+
+    async fn revoke_others_where(&self, kind: Option<&str>) -> Result<u64, SessionError> {
         let state = self.loaded().await?;
         let current = state.current.as_ref().filter(|c| c.record.is_stored());
         let user = state
@@ -336,7 +404,7 @@ impl Session {
             .and_then(|c| c.record.user.clone())
             .ok_or(SessionError::NotLoggedIn)?;
         let keep = current.map(|c| &c.token);
-        Ok(self.store().revoke_all(&user, None, keep).await?)
+        Ok(self.store().revoke_all(&user, kind, keep).await?)
     }
 
     /// Saves the changes now instead of when the response is ready (merging
@@ -375,6 +443,16 @@ impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Session").finish_non_exhaustive()
     }
+}
+
+fn check_len(key: &str, text: &str, max: usize) -> Result<(), SessionError> {
+    if text.len() > max {
+        return Err(SessionError::Encode {
+            key: key.to_owned(),
+            reason: format!("{} bytes, over the limit of {max}", text.len()),
+        });
+    }
+    Ok(())
 }
 
 fn decode<T: DeserializeOwned>(key: &str, value: &Value) -> Result<T, SessionError> {

@@ -31,7 +31,7 @@ use std::time::Duration;
 use ciborium::Value;
 
 use crate::error::SessionError;
-use crate::record::{Millis, Record, millis};
+use crate::record::{MAX_METADATA_FIELDS, Millis, Record, millis};
 use crate::store::{RetireOutcome, SaveOutcome, SessionStore, StoreError};
 use crate::token::Token;
 
@@ -46,7 +46,8 @@ pub(crate) struct Policy {
     pub(crate) locks: Arc<super::turns::SaveLocks>,
 }
 
-/// How a save that met a concurrent writer retries.
+/// How a save that met a concurrent writer retries, for
+/// [`SessionLayer::retry`](crate::SessionLayer::retry).
 ///
 /// After a first conflict the request's own changes are applied again onto
 /// the record the store returned (no extra read) and saved again at once,
@@ -57,11 +58,51 @@ pub(crate) struct Policy {
 /// the pause would be stale, and would lose to whoever saved during it),
 /// re-applies its changes and saves. After `attempts` saves in all, the
 /// request fails with [`SessionError::Busy`] (503).
+///
+/// Defaults: 16 attempts, pauses from 2 ms up to 128 ms.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_redis_sessions::{MemoryStore, RetryPolicy, SessionLayer};
+///
+/// let layer = SessionLayer::new(MemoryStore::default()).retry(
+///     RetryPolicy::default()
+///         .attempts(8)
+///         .backoff(Duration::from_millis(1), Duration::from_millis(50)),
+/// );
+/// ```
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct RetryPolicy {
+#[must_use]
+pub struct RetryPolicy {
     pub(crate) attempts: u32,
     pub(crate) base: Duration,
     pub(crate) cap: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> RetryPolicy {
+        RetryPolicy {
+            attempts: 16,
+            base: Duration::from_millis(2),
+            cap: Duration::from_millis(128),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// How many saves a request attempts in all (at least 1).
+    pub fn attempts(mut self, attempts: u32) -> Self {
+        self.attempts = attempts.max(1);
+        self
+    }
+
+    /// The pause range between attempts: uniform in
+    /// `[0, min(cap, base x 2^attempt))`.
+    pub fn backoff(mut self, base: Duration, cap: Duration) -> Self {
+        self.base = base;
+        self.cap = cap;
+        self
+    }
 }
 
 impl RetryPolicy {
@@ -84,6 +125,9 @@ pub(crate) enum Change {
     Update(String, Arc<Updater>),
     IdleTimeout(Option<Duration>),
     Lifetime(Option<Duration>),
+    Label(Option<String>),
+    /// Sets (`Some`) or removes (`None`) a metadata field.
+    Metadata(String, Option<String>),
 }
 
 /// An `update` closure over CBOR values.
@@ -107,6 +151,23 @@ impl Change {
             Change::Lifetime(lifetime) => {
                 record.absolute_deadline =
                     lifetime.map(|l| record.created_at.saturating_add(millis(l)));
+            }
+            Change::Label(label) => record.label = label.clone(),
+            Change::Metadata(key, Some(value)) => {
+                if !record.metadata.contains_key(key)
+                    && record.metadata.len() >= MAX_METADATA_FIELDS
+                {
+                    return Err(SessionError::Encode {
+                        key: key.clone(),
+                        reason: format!(
+                            "a session holds at most {MAX_METADATA_FIELDS} metadata fields"
+                        ),
+                    });
+                }
+                record.metadata.insert(key.clone(), value.clone());
+            }
+            Change::Metadata(key, None) => {
+                record.metadata.remove(key);
             }
         }
         Ok(())
@@ -168,6 +229,9 @@ pub(crate) enum TokenUpdate {
 
 pub(crate) struct State {
     load: Load,
+    /// A token that opens no session is an error (a header token, on a
+    /// layer that refuses invalid tokens), not a new anonymous session.
+    reject_unknown: bool,
     held: Held,
     pub(crate) current: Option<Current>,
     /// Changes to `current` since it was loaded or last saved.
@@ -176,8 +240,9 @@ pub(crate) struct State {
 }
 
 impl State {
-    pub(crate) fn new(incoming: Option<Token>) -> State {
+    pub(crate) fn new(incoming: Option<Token>, reject_unknown: bool) -> State {
         State {
+            reject_unknown,
             held: match &incoming {
                 Some(token) => Held::Token(token.clone()),
                 None => Held::Nothing,
@@ -215,6 +280,8 @@ impl State {
                         record,
                         pending: Pending::Clean,
                     });
+                } else if self.reject_unknown {
+                    return Err(SessionError::InvalidToken);
                 }
                 Ok(())
             }
@@ -285,7 +352,11 @@ impl State {
                 let carried = old.record.user.is_none() || old.record.user == record.user;
                 let stored = old.record.is_stored();
                 if carried {
+                    // The same client goes on: its values and what the
+                    // application noted about the device come along.
                     record.data = old.record.data;
+                    record.label = old.record.label;
+                    record.metadata = old.record.metadata;
                 }
                 if stored {
                     self.replaced = Some(Replaced {

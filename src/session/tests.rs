@@ -25,7 +25,7 @@ fn policy() -> Arc<Policy> {
 
 fn session(store: &Arc<MemoryStore>, token: Option<Token>) -> Session {
     let store: Arc<dyn SessionStore> = store.clone();
-    Session::new(store, policy(), token)
+    Session::new(store, policy(), token, false)
 }
 
 /// Saves a new session with `n = 0` and returns its token.

@@ -134,6 +134,9 @@ pub enum SaveOutcome {
 }
 
 /// What a compare-and-delete ([`SessionStore::retire`]) did.
+// The record travels once per call, straight to the caller that merges it:
+// boxing it would add an allocation to every conflict for no gain.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq)]
 pub enum RetireOutcome {
     /// The session had the expected lock version: it is deleted (and left

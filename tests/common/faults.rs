@@ -19,7 +19,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use tower_redis_sessions::{RedisStore, RedisStoreBuilder, SessionLayer, StoreConfig};
+use tower_redis_sessions::{
+    CookieConfig, RedisStore, RedisStoreBuilder, SessionLayer, StoreConfig,
+};
 
 use crate::common::RedisServer;
 use crate::http::demo_app;
@@ -63,7 +65,8 @@ impl Timeouts {
 
 /// The demo's routes behind a layer on `store` (plain HTTP, so no `Secure`).
 pub fn demo_on(store: &Arc<RedisStore>) -> Router {
-    demo_app::routes().layer(SessionLayer::shared(store.clone()).secure(false))
+    demo_app::routes()
+        .layer(SessionLayer::shared(store.clone()).cookie(CookieConfig::default().secure(false)))
 }
 
 /// Whether `server` has the function library `name`.

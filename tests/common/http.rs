@@ -28,7 +28,8 @@ use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tower_redis_sessions::{
-    Keyring, MemoryStore, RedisStore, SessionLayer, SessionStore, StoreConfig, StoreStats, Token,
+    CookieConfig, Keyring, MemoryStore, RedisStore, SessionLayer, SessionStore, StoreConfig,
+    StoreStats, Token,
 };
 
 use crate::common::{CommandStats, RedisCluster, RedisServer};
@@ -127,8 +128,12 @@ impl Store {
     /// `routes` behind a default layer on this store, except for `Secure`.
     pub fn layer_on(&self, routes: Router) -> Router {
         match self {
-            Store::Memory(s) => routes.layer(SessionLayer::shared(s.clone()).secure(false)),
-            Store::Redis(s) => routes.layer(SessionLayer::shared(s.clone()).secure(false)),
+            Store::Memory(s) => routes.layer(
+                SessionLayer::shared(s.clone()).cookie(CookieConfig::default().secure(false)),
+            ),
+            Store::Redis(s) => routes.layer(
+                SessionLayer::shared(s.clone()).cookie(CookieConfig::default().secure(false)),
+            ),
         }
     }
 }
