@@ -22,7 +22,9 @@ Keys (P = the deployment's key prefix, T = the token's routing tag)
                     a  absolute deadline, ms (0 = none)
                     k  kind label ("web", "api", ...)
                     x  name of the owner's user index ("" = anonymous)
-                    w  nonce of the save that wrote this version
+                    w  the last NONCES saves applied to this session, newest
+                       first: " <nonce>:<version written>" each (about 40
+                       bytes apiece, so at most ~320 bytes)
                   Key expiry (PEXPIREAT) = deadline(s, i, a), see below.
   P{T}:u:<uid>    sorted set, a user's index: member = session key name,
                   score = that session's deadline (NO_DEADLINE if none).
@@ -32,8 +34,32 @@ Keys (P = the deployment's key prefix, T = the token's routing tag)
   A user's sessions all carry the user's tag, so a session, its index and the
   user's other sessions share one hash slot: every function below touches one
   slot, on a single node and on Redis Cluster alike. The index named by a
-  session's `x` field is reached without being declared in KEYS; it has the
-  same hash tag as the declared key, which Redis Cluster accepts.
+  session's `x` field, and the sessions an index names, are reached without
+  being declared in KEYS; they have the same hash tag as the declared key,
+  which Redis Cluster accepts.
+
+Resharding (Redis Cluster)
+  While a slot moves (CLUSTER SETSLOT IMPORTING / MIGRATING, MIGRATE ... KEYS
+  in batches, SETSLOT NODE), its keys sit partly on the source node and
+  partly on the target, and a function runs on either: on the source when
+  its declared keys are still there, on the target (after an ASK redirect)
+  when they have moved. Redis scripts do not roll back, so (I7):
+  - every function reads every key it will write before its first write.
+    On the source, reading a key that already moved fails ("non local
+    key"), so the call fails before it wrote anything;
+  - on the target, a key not moved yet reads as absent, which proves
+    nothing. So an absence the call would act on (an index member to drop,
+    an index to create or heal, a session to count as gone) is first checked
+    against the node's slot state (`CLUSTER NODES`, "[<slot>-<-" or
+    "[<slot>->-" on the node's own line): during a migration the call
+    answers with the error code MIGRATING, before writing anything. An
+    absent *declared* key needs no check: Redis sent the call here because
+    the source lacked it.
+  The store turns MIGRATING, "non local key" and Redis' own TRYAGAIN into
+  "unavailable" (a 503); the caller may retry. MIGRATING rather than
+  TRYAGAIN: cluster clients (redis-rs among them) retry TRYAGAIN by
+  themselves after waiting a second or more, longer than a request should
+  wait, and the call would only end in a timeout.
 
 Time
   `now` (ARGV) is the application's clock in ms. The sealed record carries its
@@ -42,26 +68,56 @@ Time
   and every function also refuses a session whose deadline has passed by
   `now`, so a Redis clock running behind never keeps a session alive.
 
+Memory (maxmemory)
+  Functions are registered with flags: save and rotate (which store blobs)
+  keep Redis' default and are refused with OOM when maxmemory is reached;
+  load, delete, retire, list and revoke carry `allow-oom` (they only read,
+  delete, or write a few bytes), so users can still sign in with existing
+  sessions, list, log out and revoke while Redis is full.
+
 Invariants
-  I1  A save with lock version 0 creates a session only if its key is absent.
+  I1  A save with lock version 0 creates a session only if no live session
+      holds its key.
   I2  A save with version n > 0 writes only if the stored version is n; a
       missing (deleted, revoked, expired) session is never written again.
   I3  Index scores equal their sessions' current deadlines; every write of a
       deadline (save, sliding in load) writes the score in the same call
-      (and skips it when the deadline did not change: the score is already
-      that deadline).
+      (and skips it when the score is already that deadline). A live
+      session missing from its index (evicted by a maxmemory policy, or the
+      index lost) enters it again when it is loaded or saved.
   I4  An index's expiry is at least its highest score. A score that grows
       moves the expiry with PEXPIREAT .. GT (only ever forward); an index
       the ZADD just created (no expiry yet) gets its expiry from its top
       score; NO_DEADLINE makes it persistent. Removing members never raises
-      the highest score, so it needs no upkeep (delete and list still trim
-      the expiry to the top score).
-  I5  Work per call is bounded: an index is pruned when it gains a member
-      (and when listed), at most PRUNE_BATCH entries at a time.
+      the highest score, so it needs no upkeep (delete, list and revoke
+      still trim the expiry to the top score).
+  I5  Work per call is bounded. An index entry whose score (= deadline, I3)
+      has passed is dead: pruning removes such entries (never the session
+      keys, which Redis expires by itself), at most PRUNE_BATCH (64) per
+      call, when a member is added and when the index is listed or revoked.
+      list and revoke read at most WALK (1024) live entries, the earliest
+      deadlines first. A save or rotation that adds a session to an index
+      holding `cap` live ones (ARGV, the store's max sessions per user,
+      which the store keeps at most 1000 < WALK, so listing and revocation
+      reach every live session) ends the oldest (lowest score) others, at
+      most PRUNE_BATCH per call. So a call touches at most 1024 + 64 + 2
+      sessions and one index.
+  I6  A save (or rotation) is applied at most once: its nonce is kept with
+      the version it wrote among the session's last NONCES saves (field w),
+      and a repeat of it that finds the nonce writes nothing and replies
+      'saved' with that version.
+  I7  Each call either completes or fails before its first write: reads of
+      every key it writes come first, and an absence that may be a key in
+      migration is answered with MIGRATING (see Resharding).
 ]]
 
 local NO_DEADLINE = 9007199254740991 -- 2^53 - 1: "never", exact in a double
 local PRUNE_BATCH = 64
+local WALK = 1024
+-- How many applied saves a session remembers (field `w`): a save retried
+-- after a lost reply is recognised even if up to NONCES - 1 other saves
+-- landed between its first attempt and the retry.
+local NONCES = 8
 
 -- Numbers are passed to redis.call as they are: Redis formats a Lua number
 -- argument with 17 significant digits, so every integer up to NO_DEADLINE
@@ -78,6 +134,39 @@ end
 
 local function expired(now, seen, idle, absolute)
   return deadline(seen, idle, absolute) <= now
+end
+
+-- The slot of `key` if this node is importing or migrating it: then a key
+-- it does not hold may still sit on the other node (I7). Only asked when
+-- an absence matters, so the common paths never pay for it; on a single
+-- node CLUSTER errors and the answer is no.
+local function in_migration(key)
+  local nodes = redis.pcall('CLUSTER', 'NODES')
+  if type(nodes) ~= 'string' then return nil end
+  local slot = redis.call('CLUSTER', 'KEYSLOT', key)
+  local mine = string.match(nodes, '[^\n]*myself[^\n]*')
+  if mine and string.find(mine, '[' .. slot .. '-', 1, true) then return slot end
+  return nil
+end
+
+-- Ends the call, before any write, when an absence of `key` proves nothing.
+-- The reply names the slot, not the key (keys are derived from secrets).
+local function unsure(key)
+  local slot = in_migration(key)
+  if slot then
+    error({err = 'MIGRATING slot ' .. slot .. ' is being migrated; nothing was written'})
+  end
+end
+
+-- The score of `member` in the undeclared index `index`, or false. An
+-- index this node does not hold during a migration fails the call here,
+-- before any write (I7): on the source by Redis' own check, on the target
+-- by `unsure`.
+local function entry(index, member)
+  local z = redis.call('ZSCORE', index, member)
+  if z then return tonumber(z) end
+  if redis.call('EXISTS', index) == 0 then unsure(index) end
+  return false
 end
 
 local function set_expiry(key, at)
@@ -111,29 +200,63 @@ local function extend_index(index, d)
   end
 end
 
--- Drop the sessions of an index whose deadline has passed (I3: the score is
--- the deadline), the entry and the session key, which Redis would drop soon
--- anyway unless its clock runs late (I5).
-local function prune(index, now)
-  local dead = redis.call('ZRANGEBYSCORE', index, '-inf', now, 'LIMIT', 0, PRUNE_BATCH)
-  for _, member in ipairs(dead) do
-    redis.call('ZREM', index, member)
-    redis.call('DEL', member)
+-- The dead entries of an index (score = deadline passed by `now`, I3), at
+-- most PRUNE_BATCH: read before the call writes anything, removed by
+-- `prune` after. Their session keys are left to Redis' expiry; every
+-- function refuses a session dead by `now` meanwhile (I5).
+local function dead_entries(index, now)
+  return redis.call('ZRANGEBYSCORE', index, '-inf', now, 'LIMIT', 0, PRUNE_BATCH)
+end
+
+local function prune(index, dead)
+  if #dead > 0 then redis.call('ZREM', index, unpack(dead)) end
+end
+
+-- The oldest live sessions to end so that `index` keeps at most `cap` live
+-- ones once `key` enters it (`leaving` is a member that leaves in the same
+-- call, or nil), at most PRUNE_BATCH (I5). Their keys are read here, before
+-- any write (I7); those already gone are only unindexed.
+local function over_cap(index, key, cap, now_arg, leaving)
+  if cap <= 0 then return {} end
+  local live = redis.call('ZCOUNT', index, '(' .. now_arg, '+inf')
+  if leaving then
+    local z = redis.call('ZSCORE', index, leaving)
+    if z and tonumber(z) > tonumber(now_arg) then live = live - 1 end
+  end
+  local excess = live + 1 - cap
+  local out = {}
+  if excess <= 0 then return out end
+  if excess > PRUNE_BATCH then excess = PRUNE_BATCH end
+  local oldest = redis.call('ZRANGEBYSCORE', index, '(' .. now_arg, '+inf', 'LIMIT', 0, excess + 2)
+  for _, member in ipairs(oldest) do
+    if #out >= excess then break end
+    if member ~= leaving and member ~= key then
+      if redis.call('EXISTS', member) == 0 then unsure(member) end
+      out[#out + 1] = member
+    end
+  end
+  return out
+end
+
+-- Ends the sessions `over_cap` chose: keys and entries.
+local function end_sessions(index, doomed)
+  if #doomed > 0 then
+    redis.call('DEL', unpack(doomed))
+    redis.call('ZREM', index, unpack(doomed))
   end
 end
 
--- Enters `key` in `index` with score `d` (I3) and keeps the index's expiry
--- (I4). An index grows only here, when a member is added (a new session, a
--- login, a rotation, a change of owner): that is when it is pruned (I5).
-local function index_put(index, key, d, now)
-  if redis.call('ZADD', index, d, key) == 0 then
+-- Enters `key` in `index` with score `d` (I3) and keeps the index's
+-- expiry (I4); `dead` (from dead_entries) is pruned.
+local function index_put(index, key, d, dead)
+  -- Pruned first: `dead` may hold this key's own earlier, dead entry.
+  prune(index, dead)
+  local added = redis.call('ZADD', index, d, key)
+  if added == 0 then
     -- An existing member whose score moved: its old score was within the
     -- index's expiry (I4), so moving the expiry forward to d suffices.
     extend_index(index, d)
-    return
-  end
-  prune(index, now)
-  if d >= NO_DEADLINE then
+  elseif d >= NO_DEADLINE then
     redis.call('PERSIST', index)
   elseif redis.call('PEXPIREAT', index, d, 'GT') == 0 then
     -- Not moved: the index has no expiry (the ZADD just created it, or it
@@ -144,10 +267,13 @@ local function index_put(index, key, d, now)
 end
 
 -- Deletes a session and its index entry (the index's expiry stays at least
--- its highest score: removing a member never raises it).
+-- its highest score: removing a member never raises it, but trim it).
 local function drop(key, index)
   redis.call('DEL', key)
-  if index and index ~= '' then redis.call('ZREM', index, key) end
+  if index and index ~= '' then
+    redis.call('ZREM', index, key)
+    refresh_index_expiry(index)
+  end
 end
 
 -- The reply to a save or rotation that met another version: the stored
@@ -156,20 +282,36 @@ local function conflict(key, version, seen)
   return {'conflict', version, redis.call('HGET', key, 'b'), tonumber(seen)}
 end
 
--- The fields save and rotate read: {v, s, i, a, x, w}, without the blob.
--- Returns them, the version (nil if there is no live session) and the
--- stored deadline. A session dead by the application's clock though Redis
--- still holds it is finished off, so that it answers like a session Redis
--- already dropped.
+-- The fields save, rotate and retire read: {v, s, i, a, x, w}, without the
+-- blob. Returns them, the version (nil if there is no live session) and
+-- the stored deadline. Nothing is written here (I7).
 local function read_live(key, now)
   local f = redis.call('HMGET', key, 'v', 's', 'i', 'a', 'x', 'w')
   if not f[1] then return f, nil, nil end
   local d = deadline(tonumber(f[2]), tonumber(f[3]), tonumber(f[4]))
-  if d <= now then
-    drop(key, f[5])
-    return f, nil, nil
-  end
+  if d <= now then return f, nil, d end
   return f, tonumber(f[1]), d
+end
+
+-- The version a save with `nonce` wrote, if `w` (a session's field) still
+-- remembers it. Entries start with a space and the nonce ends at the colon,
+-- so a nonce matches only a whole entry's nonce.
+local function applied(w, nonce)
+  if not w then return nil end
+  local at = string.find(w, ' ' .. nonce .. ':', 1, true)
+  if not at then return nil end
+  return tonumber(string.match(w, '^%d+', at + #nonce + 2))
+end
+
+-- `w` with the save (`nonce`, `version`) in front, cut to NONCES entries.
+local function remember(w, nonce, version)
+  local entries = ' ' .. nonce .. ':' .. version .. (w or '')
+  local at = 1
+  for _ = 1, NONCES do
+    at = string.find(entries, ' ', at + 1, true)
+    if not at then return entries end
+  end
+  return string.sub(entries, 1, at - 1)
 end
 
 -- A time argument of save and rotate, clamped to NO_DEADLINE ("never"):
@@ -182,11 +324,12 @@ end
 
 -- Writes version `version` of a session under `key` from the ARGV of save
 -- and rotate (blob, now, idle, absolute, kind, nonce after the expected
--- version), expiring at `d`. The index entry is the caller's.
-local function write(key, index, version, args, idle, absolute, d)
+-- version), expiring at `d`; `w` is what the session remembered of earlier
+-- saves (nil for a new session). The index entry is the caller's.
+local function write(key, index, version, args, idle, absolute, d, w)
   redis.call('HSET', key,
     'v', version, 'b', args[2], 's', args[3], 'i', idle, 'a', absolute,
-    'k', args[6], 'x', index, 'w', args[7])
+    'k', args[6], 'x', index, 'w', remember(w, args[7], version))
   set_expiry(key, d)
 end
 
@@ -198,39 +341,61 @@ Sliding expiry rides on this call: when the session has an idle timeout and
 was last seen at least min(touch interval, idle timeout / 2) ago, last seen
 becomes `now` and the key's expiry (and its index score, I3) move forward. A
 busy session is thus written at most once per interval, never its blob, and
-a session in use never reaches its idle deadline.
+a session in use never reaches its idle deadline. A user's session missing
+from its index enters it again (I3). While the index is out of reach (a
+migration, I7) the session is served as stored and nothing is written: the
+slide waits for a later load.
 ]]
 local function load(keys, args)
   local key = keys[1]
-  -- The common case (no touch due) reads one hash and answers with the
-  -- table it got, cut to three fields (version and last seen as integers);
-  -- the index name is read only to touch.
-  local f = redis.call('HMGET', key, 'v', 'b', 's', 'i', 'a')
+  local f = redis.call('HMGET', key, 'v', 'b', 's', 'i', 'a', 'x')
   if not f[1] then return nil end
   local now = tonumber(args[1])
   local seen, idle, absolute = tonumber(f[3]), tonumber(f[4]), tonumber(f[5])
   local d = deadline(seen, idle, absolute)
   if d <= now then return nil end
-  f[1], f[3], f[4] = tonumber(f[1]), seen, nil -- the reply ends at the first nil
+  local index = f[6]
+  -- The reply: {version, blob, last seen}; it ends at the first nil.
+  f[1], f[3], f[4], f[6] = tonumber(f[1]), seen, nil, nil
+
+  local due = false
   if idle > 0 then
-    local due = math.floor(idle / 2)
+    local every = math.floor(idle / 2)
     local touch = tonumber(args[2])
-    if touch < due then due = touch end
-    if now - seen >= due then
-      redis.call('HSET', key, 's', args[1])
-      f[3] = now
-      local moved = deadline(now, idle, absolute)
-      -- Capped by the absolute deadline, the deadline may stay where it is:
-      -- then so do the key's expiry and the index score.
-      if moved ~= d then
-        set_expiry(key, moved)
-        local index = redis.call('HGET', key, 'x')
-        if index and index ~= '' then
-          -- XX: a session missing from its index is not entered again here.
-          redis.call('ZADD', index, 'XX', moved, key)
-          extend_index(index, moved)
-        end
-      end
+    if touch < every then every = touch end
+    due = now - seen >= every
+  end
+  local moved = d
+  if due then moved = deadline(now, idle, absolute) end
+
+  local score = nil
+  if index and index ~= '' then
+    -- Read the index entry before any write (I7). pcall: on the node a
+    -- migration is leaving, an index already moved is an error here; the
+    -- load is then served without writes.
+    local z = redis.pcall('ZSCORE', index, key)
+    if type(z) == 'table' then return f end
+    if z then
+      score = tonumber(z)
+    elseif redis.call('EXISTS', index) == 0 and in_migration(index) then
+      return f
+    end
+  end
+
+  if due then
+    redis.call('HSET', key, 's', args[1])
+    f[3] = now
+    -- Capped by the absolute deadline, the deadline may stay where it is:
+    -- then so do the key's expiry and the index score.
+    if moved ~= d then set_expiry(key, moved) end
+  end
+  if index and index ~= '' and score ~= moved then
+    if score then
+      redis.call('ZADD', index, 'XX', moved, key)
+      extend_index(index, moved)
+    else
+      -- Missing from its index (evicted, or the index lost): enter again.
+      index_put(index, key, moved, {})
     end
   end
   return f
@@ -239,49 +404,81 @@ end
 --[[ save (compare-and-set)
 KEYS[1] session key; KEYS[2] the owner's user index (absent if anonymous)
 ARGV    expected version, blob, now, idle (ms), absolute deadline (ms),
-        kind, nonce (unique per save)
+        kind, nonce (unique per save), cap (most live sessions per user
+        index, 0 = no cap)
 Reply   {'saved', new version}
       | {'conflict', version, blob, last seen}  stored version differs (I1, I2);
                                                 the caller merges without a read
       | {'gone'}                                 the session no longer exists (I2)
-A save retried after its reply was lost finds its own nonce on the version it
-wrote and replies 'saved' again instead of a conflict with itself.
+A save retried after its reply was lost (the store resends once over a new
+connection) finds its own nonce among the last NONCES saves the session
+remembers and replies {'saved', the version it wrote}, whatever was written
+since: it is applied at most once, and never meets a conflict with itself
+or with a writer that came after it (I6). A session that enters an index
+holding `cap` live sessions ends the oldest others (I5).
 ]]
 local function save(keys, args)
   local key, index = keys[1], keys[2] or ''
   local expected, now = tonumber(args[1]), tonumber(args[3])
 
+  -- Reads (I7): the session, its current owner's entry, the new index.
   local f, stored, was = read_live(key, now)
-  if stored and stored == expected + 1 and f[6] == args[7] then
-    return {'saved', stored}
+  if stored then
+    local wrote = applied(f[6], args[7])
+    if wrote then return {'saved', wrote} end
   end
   if expected == 0 then
     if stored then return conflict(key, stored, f[2]) end
   else
-    if not stored then return {'gone'} end
-    if stored ~= expected then return conflict(key, stored, f[2]) end
+    if not stored then
+      -- A dead session still held (Redis' clock behind) is finished off
+      -- below, as one Redis already dropped; an absent one is just gone.
+      if not f[1] then return {'gone'} end
+    elseif stored ~= expected then
+      return conflict(key, stored, f[2])
+    end
   end
+  local owner = f[5] or ''
+  local owned = false
+  if owner ~= '' then owned = entry(owner, key) end
 
   local idle, idle_arg = time_arg(args[4])
   local absolute, absolute_arg = time_arg(args[5])
   local d = deadline(now, idle, absolute)
-  if d <= now then
-    -- The record's own deadline has passed: it is over, not to be stored.
-    if stored then drop(key, f[5]) end
+  if (expected > 0 and not stored) or d <= now then
+    -- Over (dead by `now`, or saved with a deadline in the past): not
+    -- stored; what Redis still holds of it goes.
+    if f[1] then drop(key, owner) end
     return {'gone'}
   end
 
-  local version = expected + 1
-  write(key, index, version, args, idle_arg, absolute_arg, d)
-  local owner = stored and f[5] or ''
-  if index ~= '' and not (owner == index and was == d) then
-    -- (An unchanged deadline in the same index: the score is already d, I3.)
-    index_put(index, key, d, now)
+  local score, dead, doomed = false, {}, {}
+  if index ~= '' then
+    -- Declared: Redis' own cluster checks cover it, no need for `entry`.
+    if owner == index then
+      score = owned
+    else
+      score = redis.call('ZSCORE', index, key)
+      if score then score = tonumber(score) end
+    end
+    if score ~= d then dead = dead_entries(index, now) end
+    if not score or score <= now then
+      doomed = over_cap(index, key, tonumber(args[8] or 0), args[3], nil)
+    end
   end
+
+  -- Writes.
+  local version = expected + 1
+  write(key, index, version, args, idle_arg, absolute_arg, d, stored and f[6])
+  end_sessions(index, doomed)
+  -- An unchanged deadline in the same index: the score is already d (I3).
+  if index ~= '' and score ~= d then index_put(index, key, d, dead) end
   if owner ~= '' and owner ~= index then
     -- The session changed owner: leave the old owner's index.
-    redis.call('ZREM', owner, key)
-    refresh_index_expiry(owner)
+    if owned then
+      redis.call('ZREM', owner, key)
+      refresh_index_expiry(owner)
+    end
   end
   return {'saved', version}
 end
@@ -302,26 +499,50 @@ local function rotate(keys, args)
   local old, key, index = keys[1], keys[2], keys[3] or ''
   local expected, now = tonumber(args[1]), tonumber(args[3])
 
+  -- Reads (I7): both sessions, the old owner's entry, the new index.
   local n = redis.call('HMGET', key, 'v', 'w')
   if n[1] then
-    if n[2] == args[7] then return {'saved', tonumber(n[1])} end -- a retry after a lost reply
+    -- A retry after a lost reply, even if the new key was saved since (I6).
+    local wrote = applied(n[2], args[7])
+    if wrote then return {'saved', wrote} end
     return {'taken'}
   end
   local f, stored = read_live(old, now)
-  if not stored then return {'gone'} end
-  if stored ~= expected then return conflict(old, stored, f[2]) end
+  if not f[1] then return {'gone'} end
+  if stored and stored ~= expected then return conflict(old, stored, f[2]) end
+  local owner = f[5] or ''
+  if owner ~= '' then entry(owner, old) end
   local idle, idle_arg = time_arg(args[4])
   local absolute, absolute_arg = time_arg(args[5])
   local d = deadline(now, idle, absolute)
-  local owner = f[5] or ''
-  drop(old, owner)
-  if d <= now then return {'gone'} end
+  if not stored or d <= now then
+    drop(old, owner)
+    return {'gone'}
+  end
+  local dead, doomed = {}, {}
+  if index ~= '' then
+    dead = dead_entries(index, now)
+    local leaving = nil
+    if owner == index then leaving = old end
+    doomed = over_cap(index, key, tonumber(args[8] or 0), args[3], leaving)
+  end
 
+  -- Writes.
+  drop(old, owner)
   local version = expected + 1
-  write(key, index, version, args, idle_arg, absolute_arg, d)
-  if index ~= '' then index_put(index, key, d, now) end
-  if owner ~= '' and owner ~= index then refresh_index_expiry(owner) end
+  write(key, index, version, args, idle_arg, absolute_arg, d, nil)
+  end_sessions(index, doomed)
+  if index ~= '' then index_put(index, key, d, dead) end
   return {'saved', version}
+end
+
+-- What delete and retire read of a session: its fields, and its owner's
+-- entry (read before the call writes, I7).
+local function read_owned(key)
+  local f = redis.call('HMGET', key, 'v', 's', 'i', 'a', 'x')
+  local owner = f[5] or ''
+  if f[1] and owner ~= '' then entry(owner, key) end
+  return f, owner
 end
 
 --[[ delete
@@ -333,14 +554,10 @@ is how a user revokes one of their own sessions by id and no one else's.
 ]]
 local function delete(keys, args)
   local key, owner = keys[1], args[1] or ''
-  local x = redis.call('HGET', key, 'x')
-  if not x then return 0 end
+  local f, x = read_owned(key)
+  if not f[1] then return 0 end
   if owner ~= '' and x ~= owner then return 0 end
-  redis.call('DEL', key)
-  if x ~= '' then
-    redis.call('ZREM', x, key)
-    refresh_index_expiry(x)
-  end
+  drop(key, x)
   return 1
 end
 
@@ -358,46 +575,61 @@ it since it was read, so a concurrent change is not lost silently.
 ]]
 local function retire(keys, args)
   local key, expected, now = keys[1], tonumber(args[1]), tonumber(args[2])
-  local f, stored = read_live(key, now)
-  if not stored then return {'gone'} end
+  local f, x = read_owned(key)
+  if not f[1] then return {'gone'} end
+  if expired(now, tonumber(f[2]), tonumber(f[3]), tonumber(f[4])) then
+    -- Dead by the application's clock: finished off, as save does.
+    drop(key, x)
+    return {'gone'}
+  end
+  local stored = tonumber(f[1])
   if stored ~= expected then return conflict(key, stored, f[2]) end
-  local x = f[5] or ''
   drop(key, x)
-  if x ~= '' then refresh_index_expiry(x) end
   return {'deleted'}
+end
+
+-- The live entries of an index (score after `now`), earliest deadline
+-- first, at most WALK (I5), with the fields `fields` of each session; and
+-- whether any of them was absent. An absent member during a migration
+-- may sit on the other node: the call ends with MIGRATING (I7).
+local function walk(index, now_arg, ...)
+  local members = redis.call('ZRANGEBYSCORE', index, '(' .. now_arg, '+inf', 'LIMIT', 0, WALK)
+  local rows, vanished = {}, {}
+  for i, member in ipairs(members) do
+    local f = redis.call('HMGET', member, ...)
+    if f[1] then
+      rows[#rows + 1] = {member, f}
+    else
+      vanished[#vanished + 1] = member
+    end
+  end
+  if #vanished > 0 then unsure(index) end
+  return rows, vanished
 end
 
 --[[ list
 KEYS[1] user index
 ARGV    now, kind ("" = every kind), limit (max sessions returned)
-Reply   {{session key, version, blob, last seen}, ...}, oldest deadline first
-Entries whose session vanished or expired are pruned on the way.
+Reply   {{session key, version, blob, last seen}, ...}, earliest deadline first
+Dead entries are pruned on the way (I5), and entries whose session vanished
+(evicted, or deleted behind the library's back) are removed.
 ]]
 local function list(keys, args)
   local index, now = keys[1], tonumber(args[1])
   local kind, limit = args[2], tonumber(args[3])
-  prune(index, now)
-  local out, vanished = {}, {}
-  -- Walk the index in pages so that the work stops once `limit` are found.
-  local from = 0
-  while #out < limit do
-    local members = redis.call('ZRANGE', index, from, from + PRUNE_BATCH - 1)
-    if #members == 0 then break end
-    from = from + #members
-    for _, member in ipairs(members) do
-      local f = redis.call('HMGET', member, 'v', 'b', 's', 'i', 'a', 'k')
-      if not f[1] then
-        -- A vanished session: drop its entry (after the page, so the page
-        -- offsets stay valid).
-        vanished[#vanished + 1] = member
-      elseif #out < limit
-          and not expired(now, tonumber(f[3]), tonumber(f[4]), tonumber(f[5]))
-          and (kind == '' or f[6] == kind) then
-        out[#out + 1] = {member, tonumber(f[1]), f[2], tonumber(f[3])}
-      end
+  local rows, vanished = walk(index, args[1], 'v', 'b', 's', 'i', 'a', 'k')
+  local dead = dead_entries(index, now)
+  local out = {}
+  for _, row in ipairs(rows) do
+    local member, f = row[1], row[2]
+    if #out < limit
+        and not expired(now, tonumber(f[3]), tonumber(f[4]), tonumber(f[5]))
+        and (kind == '' or f[6] == kind) then
+      out[#out + 1] = {member, tonumber(f[1]), f[2], tonumber(f[3])}
     end
   end
-  for _, member in ipairs(vanished) do redis.call('ZREM', index, member) end
+  prune(index, dead)
+  prune(index, vanished)
   refresh_index_expiry(index)
   return out
 end
@@ -412,30 +644,35 @@ Deleting a session removes its key, so any save still in flight for it gets
 local function revoke(keys, args)
   local index, now = keys[1], tonumber(args[1])
   local kind, keep = args[2], args[3]
-  local revoked = 0
-  local members = redis.call('ZRANGE', index, 0, -1)
-  for _, member in ipairs(members) do
-    if member ~= keep then
-      local f = redis.call('HMGET', member, 'k', 's', 'i', 'a')
-      if not f[1] then
-        redis.call('ZREM', index, member)
-      elseif kind == '' or f[1] == kind then
-        redis.call('DEL', member)
-        redis.call('ZREM', index, member)
-        if not expired(now, tonumber(f[2]), tonumber(f[3]), tonumber(f[4])) then
-          revoked = revoked + 1
-        end
+  local rows, vanished = walk(index, args[1], 'k', 's', 'i', 'a')
+  local dead = dead_entries(index, now)
+  local doomed, revoked = {}, 0
+  for _, row in ipairs(rows) do
+    local member, f = row[1], row[2]
+    if member ~= keep and (kind == '' or f[1] == kind) then
+      doomed[#doomed + 1] = member
+      if not expired(now, tonumber(f[2]), tonumber(f[3]), tonumber(f[4])) then
+        revoked = revoked + 1
       end
     end
   end
+  end_sessions(index, doomed)
+  prune(index, dead)
+  prune(index, vanished)
   refresh_index_expiry(index)
   return revoked
 end
 
-redis.register_function('TRS_LIB_load', load)
-redis.register_function('TRS_LIB_save', save)
-redis.register_function('TRS_LIB_rotate', rotate)
-redis.register_function('TRS_LIB_delete', delete)
-redis.register_function('TRS_LIB_retire', retire)
-redis.register_function('TRS_LIB_list', list)
-redis.register_function('TRS_LIB_revoke', revoke)
+-- Redis 7 flags: save and rotate store blobs, so they keep the default
+-- (refused with OOM at maxmemory); the others only read, delete, or write a
+-- few bytes, and stay available when Redis is full.
+local function register(name, callback, flags)
+  redis.register_function{function_name = name, callback = callback, flags = flags}
+end
+register('TRS_LIB_load', load, {'allow-oom'})
+register('TRS_LIB_save', save, {})
+register('TRS_LIB_rotate', rotate, {})
+register('TRS_LIB_delete', delete, {'allow-oom'})
+register('TRS_LIB_retire', retire, {'allow-oom'})
+register('TRS_LIB_list', list, {'allow-oom'})
+register('TRS_LIB_revoke', revoke, {'allow-oom'})

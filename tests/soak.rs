@@ -638,6 +638,10 @@ impl Client {
                 self.ledger.user = Some(self.user.clone());
                 self.ledger.partner_revokes_seen = revokes;
             }
+            // The session was ended (the partner revoked it) while the login
+            // ran: the login fails rather than carry it on, and the cookie
+            // is cleared. Fine only if it ended by design.
+            409 => self.session_gone("409 on login"),
             503 => self.ledger.may_have_ended = true,
             _ => self.violation(format!("login: {status} {body}")),
         }

@@ -80,6 +80,7 @@ conformance!(
     retire_deletes_the_expected_version_only,
     retire_of_a_changed_session_returns_it,
     retire_finds_deleted_and_expired_sessions_gone,
+    a_dead_session_created_again_is_listed,
 );
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -1343,4 +1344,26 @@ async fn retire_finds_deleted_and_expired_sessions_gone(d: Deployment) {
         SaveOutcome::Gone
     );
     assert_eq!(s.store().list("yuri", None).await.unwrap(), vec![]);
+}
+
+async fn a_dead_session_created_again_is_listed(d: Deployment) {
+    // Dead by the application's clock while Redis still holds the key and
+    // its (dead) index entry: a new session under the same token (version
+    // 0) takes its place, and its index entry is the new one.
+    let clock = ManualClock::now_real();
+    let s = open(d, clock.install(config())).await;
+    let s = s.as_ref();
+    let (token, _) = create(s, Some("zoe"), "web", Some(MINUTE)).await;
+    clock.advance(2 * MINUTE.as_millis() as u64);
+    let mut again = record(&token, Some("zoe"), "web", clock.get());
+    again.idle_timeout = Some(MINUTE);
+    assert_eq!(
+        s.store().save(&token, &again).await.unwrap(),
+        SaveOutcome::Saved { version: 1 }
+    );
+    assert_eq!(
+        ids(&s.store().list("zoe", None).await.unwrap()),
+        vec![token.id()]
+    );
+    assert_eq!(s.store().revoke_all("zoe", None, None).await.unwrap(), 1);
 }

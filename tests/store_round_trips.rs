@@ -161,6 +161,10 @@ async fn every_operation_is_one_round_trip(
     // Throttled: within the touch interval a load writes nothing.
     assert_eq!(cost.stats.get("hset"), 0, "{:?}", cost.stats);
     assert_eq!(cost.stats.get("pexpireat"), 0, "{:?}", cost.stats);
+    // A user's session also reads its index entry (it would enter the index
+    // again if it were missing), and writes nothing when it is there.
+    assert_eq!(cost.stats.get("zscore"), 1, "{:?}", cost.stats);
+    assert_eq!(cost.stats.get("zadd"), 0, "{:?}", cost.stats);
 
     let missing = store.new_token(None).unwrap();
     let (miss, _) = probe

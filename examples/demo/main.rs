@@ -37,6 +37,8 @@
 //!   absolute lifetime of new sessions, in ms (0 = none; defaults: the
 //!   layer's, 24 hours and 30 days).
 //! - `SESSION_TOUCH_MS`: the store's touch interval (default 60 s).
+//! - `SESSION_MAX_PER_USER`: the most sessions one user may have (default:
+//!   the store's, 100); a login beyond it ends the user's oldest sessions.
 //! - `SESSION_ENCRYPT=1`: seal sessions encrypted (private records) rather
 //!   than only signed.
 //! - `RUST_LOG`: what to log (an `EnvFilter`, default `info`).
@@ -90,6 +92,9 @@ async fn run() -> Result<(), BoxError> {
     let mut config = StoreConfig::new(keys);
     if let Some(touch) = millis_var("SESSION_TOUCH_MS")? {
         config = config.touch_interval(Duration::from_millis(touch));
+    }
+    if let Some(max) = millis_var("SESSION_MAX_PER_USER")? {
+        config = config.max_sessions_per_user(usize::try_from(max)?);
     }
     let settings = Settings {
         secure: cookie_secure()?,

@@ -39,6 +39,7 @@ struct Sealed {
     blob: Vec<u8>,
     nonce: String,
     now: Millis,
+    cap: u64,
 }
 
 impl Sealed {
@@ -53,6 +54,7 @@ impl Sealed {
             absolute: record.absolute_deadline.unwrap_or(0),
             kind: &record.kind,
             nonce: &self.nonce,
+            cap: self.cap,
         }
     }
 }
@@ -72,6 +74,9 @@ pub(crate) struct Write<'a> {
     /// Unique per save: a save retried after a lost reply recognises its own
     /// earlier write instead of reporting a conflict with itself.
     pub(crate) nonce: &'a str,
+    /// The most live sessions a user index keeps: adding one beyond ends
+    /// the oldest others (`StoreConfig::max_sessions_per_user`).
+    pub(crate) cap: u64,
 }
 
 /// Blob-level storage with the semantics of `lua/sessions.lua`.
@@ -153,6 +158,7 @@ pub(crate) struct Core<B> {
     keys: KeySpace,
     touch: u64,
     max_listed: usize,
+    max_sessions_per_user: u64,
     clock: Clock,
     counters: Counters,
     nonce_base: u64,
@@ -167,6 +173,7 @@ impl<B: Backend> Core<B> {
             keys: KeySpace::new(config.prefix),
             touch: millis(config.touch_interval),
             max_listed: config.max_listed,
+            max_sessions_per_user: config.max_sessions_per_user as u64,
             clock: config.clock,
             counters: Counters::default(),
             nonce_base: getrandom::u64().unwrap_or_default(),
@@ -299,6 +306,7 @@ impl<B: Backend> Core<B> {
             blob,
             nonce,
             now: self.now(),
+            cap: self.max_sessions_per_user,
         })
     }
 

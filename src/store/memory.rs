@@ -1,7 +1,7 @@
 //! [`MemoryStore`]: the same semantics as [`RedisStore`](crate::RedisStore),
 //! in process.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard};
 
 use crate::Keyring;
@@ -112,12 +112,29 @@ struct Entry {
     absolute: Millis,
     kind: String,
     index: String,
-    nonce: String,
+    /// The last [`NONCES`] saves applied, newest first: (nonce, version
+    /// written), the library's field `w`.
+    nonces: VecDeque<(String, u64)>,
 }
+
+/// How many applied saves a session remembers (`NONCES` in the library).
+const NONCES: usize = 8;
+
+/// The most sessions one call ends to keep a user under the cap
+/// (`PRUNE_BATCH` in the library).
+const PRUNE_BATCH: u64 = 64;
 
 impl Entry {
     fn deadline(&self) -> Millis {
         deadline(self.last_seen, self.idle, self.absolute)
+    }
+
+    /// The version the save with `nonce` wrote, if still remembered.
+    fn applied(&self, nonce: &str) -> Option<u64> {
+        self.nonces
+            .iter()
+            .find(|(n, _)| n == nonce)
+            .map(|&(_, version)| version)
     }
 
     fn raw(&self) -> Raw {
@@ -176,10 +193,18 @@ impl State {
     }
 
     /// Writes the next version of `w.key` (as the library's `write`) and
-    /// returns it.
+    /// returns it; a live session under the key passes on what it
+    /// remembered of earlier saves.
     fn write(&mut self, w: &Write<'_>) -> u64 {
         let version = w.expected + 1;
         let index = w.index.unwrap_or("").to_owned();
+        let mut nonces = self
+            .sessions
+            .get_mut(w.key)
+            .map(|e| std::mem::take(&mut e.nonces))
+            .unwrap_or_default();
+        nonces.push_front((w.nonce.to_owned(), version));
+        nonces.truncate(NONCES);
         self.sessions.insert(
             w.key.to_owned(),
             Entry {
@@ -190,7 +215,7 @@ impl State {
                 absolute: w.absolute,
                 kind: w.kind.to_owned(),
                 index: index.clone(),
-                nonce: w.nonce.to_owned(),
+                nonces,
             },
         );
         if !index.is_empty() {
@@ -218,7 +243,28 @@ impl State {
         }
     }
 
-    /// The live members of `index`, in the order they expire.
+    /// Before `key` enters `index`: ends the oldest live others so that at
+    /// most `cap` remain with it, at most [`PRUNE_BATCH`] per call (as the
+    /// library's `over_cap`; 0 = no cap).
+    fn make_room(&mut self, index: &str, key: &str, cap: u64, now: Millis) {
+        if cap == 0 {
+            return;
+        }
+        let others: Vec<String> = self
+            .members(index, now)
+            .into_iter()
+            .filter(|k| k != key)
+            .collect();
+        let excess = (others.len() as u64 + 1)
+            .saturating_sub(cap)
+            .min(PRUNE_BATCH);
+        for victim in others.iter().take(excess as usize) {
+            self.remove(victim);
+        }
+    }
+
+    /// The live members of `index`, in the order they expire (ties by key,
+    /// as a sorted set orders equal scores).
     fn members(&mut self, index: &str, now: Millis) -> Vec<String> {
         let keys: Vec<String> = self
             .indexes
@@ -264,20 +310,17 @@ impl Backend for MemoryBackend {
 
     async fn save(&self, w: Write<'_>) -> Result<RawSave, StoreError> {
         let mut state = self.state();
-        let current = state
-            .live(w.key, w.now)
-            .map(|e| (e.version, e.nonce.clone(), e.raw()));
-        if let Some((version, nonce, _)) = &current
-            && *version == w.expected + 1
-            && nonce == w.nonce
-        {
-            return Ok(RawSave::Saved(*version));
+        let live = state.live(w.key, w.now);
+        if let Some(wrote) = live.as_ref().and_then(|e| e.applied(w.nonce)) {
+            // A retry of a save already applied (I6).
+            return Ok(RawSave::Saved(wrote));
         }
+        let current = live.map(|e| (e.version, e.raw()));
         match (w.expected, current) {
-            (0, Some((_, _, raw))) => return Ok(RawSave::Conflict(raw)),
+            (0, Some((_, raw))) => return Ok(RawSave::Conflict(raw)),
             (0, None) => {}
             (_, None) => return Ok(RawSave::Gone),
-            (expected, Some((version, _, raw))) if version != expected => {
+            (expected, Some((version, raw))) if version != expected => {
                 return Ok(RawSave::Conflict(raw));
             }
             _ => {}
@@ -292,6 +335,11 @@ impl Backend for MemoryBackend {
         {
             state.unindex(&old, w.key);
         }
+        if let Some(index) = w.index
+            && !state.indexes.get(index).is_some_and(|m| m.contains(w.key))
+        {
+            state.make_room(index, w.key, w.cap, w.now);
+        }
         Ok(RawSave::Saved(state.write(&w)))
     }
 
@@ -299,10 +347,9 @@ impl Backend for MemoryBackend {
         let mut state = self.state();
         if let Some(new) = state.sessions.get(w.key) {
             // Our own write, retried after a lost reply; else a token in use.
-            return Ok(if new.nonce == w.nonce {
-                RawSave::Saved(new.version)
-            } else {
-                RawSave::Taken
+            return Ok(match new.applied(w.nonce) {
+                Some(wrote) => RawSave::Saved(wrote),
+                None => RawSave::Taken,
             });
         }
         let Some(current) = state.live(old, w.now).map(|e| (e.version, e.raw())) else {
@@ -314,6 +361,9 @@ impl Backend for MemoryBackend {
         state.remove(old);
         if deadline(w.now, w.idle, w.absolute) <= w.now {
             return Ok(RawSave::Gone);
+        }
+        if let Some(index) = w.index {
+            state.make_room(index, w.key, w.cap, w.now);
         }
         Ok(RawSave::Saved(state.write(&w)))
     }
@@ -380,5 +430,53 @@ impl Backend for MemoryBackend {
             }
         }
         Ok(revoked)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write<'a>(expected: u64, nonce: &'a str) -> Write<'a> {
+        Write {
+            key: "k",
+            index: None,
+            expected,
+            blob: b"blob",
+            now: 1_000,
+            idle: 0,
+            absolute: 0,
+            kind: "web",
+            nonce,
+            cap: 0,
+        }
+    }
+
+    fn saved(outcome: RawSave) -> Option<u64> {
+        match outcome {
+            RawSave::Saved(version) => Some(version),
+            _ => None,
+        }
+    }
+
+    /// As the library (I6): a repeated save is recognised among the last
+    /// eight applied, whatever was written since; older ones are forgotten.
+    #[tokio::test]
+    async fn a_repeated_save_is_applied_once_among_the_last_eight() {
+        let backend = MemoryBackend::default();
+        let nonces: Vec<String> = (0..10).map(|i| format!("n{i}")).collect();
+        for (expected, nonce) in nonces.iter().enumerate() {
+            let outcome = backend.save(write(expected as u64, nonce)).await.unwrap();
+            assert_eq!(saved(outcome), Some(expected as u64 + 1));
+        }
+        // n2..n9 are the last eight: each repeat answers what it wrote.
+        for (i, nonce) in nonces.iter().enumerate().skip(2) {
+            let outcome = backend.save(write(i as u64, nonce)).await.unwrap();
+            assert_eq!(saved(outcome), Some(i as u64 + 1), "{nonce}");
+        }
+        // n1 is forgotten: its repeat is a conflict with version 10.
+        let outcome = backend.save(write(1, &nonces[1])).await.unwrap();
+        assert!(matches!(outcome, RawSave::Conflict(ref raw) if raw.version == 10));
+        assert_eq!(backend.state().sessions["k"].nonces.len(), NONCES);
     }
 }

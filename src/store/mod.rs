@@ -221,12 +221,19 @@ pub struct StoreConfig {
     pub(crate) touch_interval: Duration,
     pub(crate) max_sealed_size: usize,
     pub(crate) max_listed: usize,
+    pub(crate) max_sessions_per_user: usize,
     pub(crate) clock: Clock,
 }
 
+/// The most sessions per user [`StoreConfig::max_sessions_per_user`]
+/// accepts: the library reads at most 1024 index entries per call, so every
+/// session of a user stays within reach of listing and revocation.
+pub const MAX_SESSIONS_PER_USER: usize = 1000;
+
 impl StoreConfig {
     /// Defaults: prefix `"trs:"`, touch interval 60 s, sealed records up to
-    /// 64 KiB, listings of up to 100 sessions, the system clock.
+    /// 64 KiB, listings of up to 100 sessions, at most 100 sessions per user,
+    /// the system clock.
     pub fn new(keyring: Keyring) -> StoreConfig {
         StoreConfig {
             keyring,
@@ -234,6 +241,7 @@ impl StoreConfig {
             touch_interval: Duration::from_secs(60),
             max_sealed_size: 64 * 1024,
             max_listed: 100,
+            max_sessions_per_user: 100,
             clock: Arc::new(crate::record::now_millis),
         }
     }
@@ -269,6 +277,17 @@ impl StoreConfig {
         self
     }
 
+    /// The most live sessions a user keeps (default 100, at most
+    /// [`MAX_SESSIONS_PER_USER`], at least 1). A save or rotation that adds
+    /// a session to a user who already has this many ends the user's oldest
+    /// others (those with the earliest deadline) in the same call, so a
+    /// user's index, and the work of listing and revoking it, stay bounded
+    /// however often a client logs in without logging out.
+    pub fn max_sessions_per_user(mut self, count: usize) -> Self {
+        self.max_sessions_per_user = count.clamp(1, MAX_SESSIONS_PER_USER);
+        self
+    }
+
     /// Replaces the clock (milliseconds since the Unix epoch), for tests.
     pub fn clock(mut self, clock: impl Fn() -> Millis + Send + Sync + 'static) -> Self {
         self.clock = Arc::new(clock);
@@ -284,6 +303,7 @@ impl std::fmt::Debug for StoreConfig {
             .field("touch_interval", &self.touch_interval)
             .field("max_sealed_size", &self.max_sealed_size)
             .field("max_listed", &self.max_listed)
+            .field("max_sessions_per_user", &self.max_sessions_per_user)
             .finish_non_exhaustive()
     }
 }

@@ -1,6 +1,7 @@
 //! [`RedisStore`]: sessions in one Redis or a Redis Cluster, one function
 //! call per operation.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use deadpool_redis::redis::{self, Cmd, ErrorKind, FromRedisValue, RedisError, Value};
@@ -45,6 +46,36 @@ use self::preload::{LibraryMode, Phase};
 /// from a deadpool-redis pool and kept, which avoids the health check
 /// deadpool runs at every checkout (it would cost one more round trip per
 /// operation).
+///
+/// # Memory: run `maxmemory-policy noeviction`
+///
+/// Every key the store writes carries an expiry, so every `allkeys-*` and
+/// `volatile-*` policy may evict sessions (logging users out) and user
+/// indexes. The store checks the policy when it registers its library and
+/// logs a warning for an evicting one (it says nothing where `CONFIG` is
+/// not allowed). A session missing from its user's index enters it again
+/// when it is next loaded or saved, so an evicted index heals, but only
+/// `noeviction` keeps every session. At `maxmemory` under `noeviction`,
+/// Redis refuses what would grow it: saves and rotations (new sessions,
+/// logins, changed data) fail as [`StoreError::Unavailable`] (a 503, with
+/// one error line in the log per episode), while loads, logouts, retiring,
+/// listing and revocation keep working.
+///
+/// # Transient states
+///
+/// `BUSY`, `LOADING`, `READONLY`, `MASTERDOWN`, `NOREPLICAS`, `TRYAGAIN`,
+/// `CLUSTERDOWN`, redirects left over after the client's own, and a call
+/// that met a key in migration are
+/// [`StoreError::Unavailable`]: retry later, never a 500.
+///
+/// # Resharding
+///
+/// While a user's hash slot moves between cluster nodes, each call either
+/// completes with a true answer or fails as unavailable before writing
+/// anything: no call infers that a session vanished from a key that may sit
+/// on the other node. Loads keep working (a due sliding extension waits);
+/// listing, revocation and logout of sessions whose keys are split between
+/// the two nodes fail as unavailable until the migration completes.
 ///
 /// # Timeouts
 ///
@@ -351,6 +382,7 @@ impl RedisStoreBuilder {
             conns: Connections::new(pool, self.pool_size, max_in_flight, self.timeouts),
             library: Library::new(),
             mode: self.library,
+            out_of_memory: AtomicBool::new(false),
         };
         if !self.lazy {
             backend.ensure_library(Phase::Start).await?;
@@ -365,6 +397,9 @@ struct RedisBackend {
     conns: Connections,
     library: Library,
     mode: LibraryMode,
+    /// Whether the last write met `OOM`: its log line is written once per
+    /// episode, not once per refused request.
+    out_of_memory: AtomicBool,
 }
 
 impl RedisBackend {
@@ -376,7 +411,29 @@ impl RedisBackend {
             .await
             .map_err(|e| self.store_error(e))?;
         tracing::info!(library = %self.library.name, "registered the session function library");
+        self.check_eviction_policy().await;
         Ok(())
+    }
+
+    /// Warns once per registration when Redis may evict this crate's keys:
+    /// every session and index carries an expiry, so every `allkeys-*` and
+    /// `volatile-*` policy can pick them. Says nothing where `CONFIG` is
+    /// refused (ACL, managed services) or fails: the check only advises.
+    async fn check_eviction_policy(&self) {
+        let mut cmd = redis::cmd("CONFIG");
+        cmd.arg("GET").arg("maxmemory-policy");
+        let Ok(reply) = self.conns.query::<Value>(&cmd).await else {
+            return;
+        };
+        if let Some(policy) = evicting_policy(&reply) {
+            tracing::warn!(
+                maxmemory_policy = %policy,
+                "Redis runs maxmemory-policy {policy}: at maxmemory it may evict sessions \
+                 (logging users out) and user indexes (hiding sessions from listing and \
+                 revocation until they are loaded or saved again); run a session Redis \
+                 with maxmemory-policy noeviction"
+            );
+        }
     }
 
     /// One function call; registers the library again if Redis lost it.
@@ -405,10 +462,24 @@ impl RedisBackend {
             .arg(w.idle)
             .arg(w.absolute)
             .arg(w.kind)
-            .arg(w.nonce);
+            .arg(w.nonce)
+            .arg(w.cap);
         let reply: Value = self.fcall(cmd).await?;
+        // A write went through: a later OOM starts a new episode.
+        self.out_of_memory.store(false, Ordering::Relaxed);
         parse_save(reply)
             .ok_or_else(|| unexpected("unexpected reply from the session save function"))
+    }
+
+    /// Notes an `OOM` refusal; the first of an episode is logged.
+    fn out_of_memory(&self) {
+        if !self.out_of_memory.swap(true, Ordering::Relaxed) {
+            tracing::error!(
+                "Redis is out of memory (maxmemory reached, maxmemory-policy noeviction): \
+                 it refuses session writes (new sessions, saves) until memory is freed or \
+                 maxmemory is raised; loads, logouts, listing and revocation still work"
+            );
+        }
     }
 
     fn store_error(&self, error: CallError) -> StoreError {
@@ -421,14 +492,20 @@ impl RedisBackend {
             CallError::Connect(reason) => {
                 StoreError::Unavailable(format!("Redis unreachable: {reason}"))
             }
-            CallError::Redis(e) if is_unavailable(&e) => StoreError::Unavailable(e.to_string()),
-            // Missing again right after `fcall` registered it (flushed
-            // meanwhile, or a failover to a node without it): transient,
-            // like a node that is loading, so a 503 rather than a 500.
-            CallError::Redis(e) if is_missing_function(&e) => {
-                StoreError::Unavailable(format!("session function library missing in Redis: {e}"))
-            }
-            CallError::Redis(e) => StoreError::Redis(e),
+            // A library missing again right after `fcall` registered it
+            // (flushed meanwhile, or a failover to a node without it) is
+            // transient too, like a node that is loading: a 503, not a 500.
+            CallError::Redis(e) => match transient(&e) {
+                Some(Transient::OutOfMemory) => {
+                    self.out_of_memory();
+                    StoreError::Unavailable(format!("Redis is out of memory: {e}"))
+                }
+                Some(_) => StoreError::Unavailable(e.to_string()),
+                None if is_missing_function(&e) => StoreError::Unavailable(format!(
+                    "session function library missing in Redis: {e}"
+                )),
+                None => StoreError::Redis(e),
+            },
         }
     }
 }
@@ -437,22 +514,81 @@ fn is_missing_function(e: &RedisError) -> bool {
     e.to_string().contains("Function not found")
 }
 
-/// Errors that mean "Redis is not there right now" rather than "this call is
-/// wrong": broken connections, a cluster or a node that is down, loading, or
-/// a replica that cannot take writes.
-fn is_unavailable(e: &RedisError) -> bool {
-    use redis::ServerErrorKind as S;
-    e.is_io_error()
+/// Why a Redis error is transient (a 503: retry later) rather than a fault
+/// of the call (a 500), if it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Transient {
+    /// The connection broke or could not be made.
+    Connection,
+    /// `OOM`: maxmemory reached, writes refused (under `noeviction`).
+    OutOfMemory,
+    /// `BUSY`: a script or function runs past `busy-reply-threshold`.
+    Busy,
+    /// `LOADING`: the dataset is being loaded.
+    Loading,
+    /// `READONLY`, `MASTERDOWN`, `NOREPLICAS`: the node cannot take writes
+    /// now (a replica, a lost primary link, too few replicas).
+    NotWritable,
+    /// `TRYAGAIN`, `CLUSTERDOWN`, `ASK`/`MOVED` left over after the client's
+    /// own redirects, or a function that met a key on the other side of a
+    /// slot migration (the library's `MIGRATING`, or Redis' "non local
+    /// key"), or a cluster connection missing.
+    Cluster,
+}
+
+/// Classifies by the error's code (its first word as Redis sends it, which
+/// redis-rs keeps for codes it does not know), and by the message only for
+/// the script errors Redis sends under the generic `ERR` code.
+fn transient(e: &RedisError) -> Option<Transient> {
+    if e.is_io_error()
         || e.is_connection_dropped()
         || e.is_connection_refusal()
         || e.is_unrecoverable_error()
-        || matches!(
-            e.kind(),
-            ErrorKind::ClusterConnectionNotFound
-                | ErrorKind::Server(
-                    S::ClusterDown | S::TryAgain | S::MasterDown | S::BusyLoading | S::ReadOnly
-                )
-        )
+    {
+        return Some(Transient::Connection);
+    }
+    if e.kind() == ErrorKind::ClusterConnectionNotFound {
+        return Some(Transient::Cluster);
+    }
+    match e.code()? {
+        "OOM" => Some(Transient::OutOfMemory),
+        "BUSY" => Some(Transient::Busy),
+        "LOADING" => Some(Transient::Loading),
+        "READONLY" | "MASTERDOWN" | "NOREPLICAS" => Some(Transient::NotWritable),
+        "TRYAGAIN" | "CLUSTERDOWN" | "ASK" | "MOVED" | "MIGRATING" => Some(Transient::Cluster),
+        "ERR" => {
+            let detail = e.detail().unwrap_or_default();
+            // Redis 7.0 sends these as `ERR` from inside a script.
+            let cluster = detail.contains("Script attempted to access a non local key")
+                || detail.contains("while the cluster is down");
+            cluster.then_some(Transient::Cluster)
+        }
+        _ => None,
+    }
+}
+
+/// The policy named in a `CONFIG GET maxmemory-policy` reply (an array or
+/// a map of name and value), if it may evict keys that carry an expiry.
+fn evicting_policy(reply: &Value) -> Option<String> {
+    let mut texts = Vec::new();
+    strings(reply, &mut texts);
+    texts
+        .into_iter()
+        .filter(|t| t != "maxmemory-policy")
+        .find(|t| t.starts_with("allkeys-") || t.starts_with("volatile-"))
+}
+
+fn strings(value: &Value, out: &mut Vec<String>) {
+    match value {
+        Value::BulkString(bytes) => out.push(String::from_utf8_lossy(bytes).into_owned()),
+        Value::SimpleString(text) => out.push(text.clone()),
+        Value::Array(items) | Value::Set(items) => items.iter().for_each(|v| strings(v, out)),
+        Value::Map(pairs) => pairs.iter().for_each(|(k, v)| {
+            strings(k, out);
+            strings(v, out);
+        }),
+        _ => {}
+    }
 }
 
 /// `FCALL name numkeys keys...`, sized for `args` more arguments of about
@@ -490,7 +626,7 @@ fn parse_load(reply: Value) -> Option<Option<Raw>> {
 
 /// The number and total size of the arguments [`RedisBackend::write`] adds.
 fn write_size(w: &Write<'_>) -> (usize, usize) {
-    (7, 4 * NUM + w.blob.len() + w.kind.len() + w.nonce.len())
+    (8, 5 * NUM + w.blob.len() + w.kind.len() + w.nonce.len())
 }
 
 /// `{'saved', v}`, `{'conflict', v, blob, last seen}`, `{'gone'}` or
@@ -620,5 +756,119 @@ impl Backend for RedisBackend {
         );
         cmd.arg(now).arg(kind.unwrap_or("")).arg(keep.unwrap_or(""));
         self.fcall(cmd).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Transient, evicting_policy, is_missing_function, transient};
+    use deadpool_redis::redis::{RedisError, Value, parse_redis_value};
+
+    #[test]
+    fn evicting_policies_are_every_allkeys_and_volatile_one() {
+        let reply = |policy: &str| {
+            Value::Array(vec![
+                Value::BulkString(b"maxmemory-policy".to_vec()),
+                Value::BulkString(policy.as_bytes().to_vec()),
+            ])
+        };
+        for policy in [
+            "allkeys-lru",
+            "allkeys-lfu",
+            "allkeys-random",
+            "volatile-lru",
+            "volatile-lfu",
+            "volatile-random",
+            "volatile-ttl",
+        ] {
+            assert_eq!(evicting_policy(&reply(policy)).as_deref(), Some(policy));
+        }
+        assert_eq!(evicting_policy(&reply("noeviction")), None);
+        let map = Value::Map(vec![(
+            Value::BulkString(b"maxmemory-policy".to_vec()),
+            Value::BulkString(b"volatile-ttl".to_vec()),
+        )]);
+        assert_eq!(evicting_policy(&map).as_deref(), Some("volatile-ttl"));
+        assert_eq!(evicting_policy(&Value::Array(vec![])), None);
+    }
+
+    /// An error reply line as Redis sends it, parsed as redis-rs parses it.
+    fn error(line: &str) -> RedisError {
+        let value = parse_redis_value(format!("-{line}\r\n").as_bytes()).unwrap();
+        value.extract_error().unwrap_err()
+    }
+
+    #[test]
+    fn transient_states_are_told_by_their_code() {
+        use Transient::*;
+        let cases = [
+            (
+                "OOM command not allowed when used memory > 'maxmemory'.",
+                Some(OutOfMemory),
+            ),
+            (
+                "OOM command not allowed when used memory > 'maxmemory'. script: trs_x_save, on @user_function:9.",
+                Some(OutOfMemory),
+            ),
+            (
+                "BUSY Redis is busy running a script. You can only call SCRIPT KILL or SHUTDOWN NOSAVE.",
+                Some(Busy),
+            ),
+            (
+                "LOADING Redis is loading the dataset in memory",
+                Some(Loading),
+            ),
+            (
+                "READONLY You can't write against a read only replica.",
+                Some(NotWritable),
+            ),
+            (
+                "MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'.",
+                Some(NotWritable),
+            ),
+            (
+                "NOREPLICAS Not enough good replicas to write.",
+                Some(NotWritable),
+            ),
+            ("CLUSTERDOWN The cluster is down", Some(Cluster)),
+            ("CLUSTERDOWN Hash slot not served", Some(Cluster)),
+            (
+                "TRYAGAIN Multiple keys request during rehashing of slot",
+                Some(Cluster),
+            ),
+            (
+                "MIGRATING slot 15891 is being migrated; nothing was written script: trs_x_list, on @user_function:70.",
+                Some(Cluster),
+            ),
+            ("MOVED 3999 127.0.0.1:6381", Some(Cluster)),
+            ("ASK 3999 127.0.0.1:6381", Some(Cluster)),
+            (
+                "ERR Script attempted to access a non local key in a cluster node script: trs_x_delete, on @user_function:157.",
+                Some(Cluster),
+            ),
+            (
+                "ERR Script attempted to execute a command while the cluster is down script: trs_x_load, on @user_function:3.",
+                Some(Cluster),
+            ),
+            // Faults of the call or of the deployment: a 500.
+            ("ERR Function not found", None),
+            ("ERR wrong number of arguments for 'fcall' command", None),
+            (
+                "WRONGTYPE Operation against a key holding the wrong kind of value",
+                None,
+            ),
+            (
+                "NOPERM User app has no permissions to run the 'fcall' command",
+                None,
+            ),
+            (
+                "CROSSSLOT Keys in request don't hash to the same slot",
+                None,
+            ),
+        ];
+        for (line, expected) in cases {
+            assert_eq!(transient(&error(line)), expected, "{line}");
+        }
+        assert!(is_missing_function(&error("ERR Function not found")));
     }
 }

@@ -205,6 +205,22 @@ struct ProxyState {
     refuse_after_loss: std::sync::atomic::AtomicUsize,
     refusing: std::sync::atomic::AtomicUsize,
     lost: std::sync::atomic::AtomicUsize,
+    /// Hold the first connection accepted after a reply was lost.
+    hold_after_loss: std::sync::atomic::AtomicBool,
+    holding: std::sync::atomic::AtomicBool,
+    /// Connections accepted and held so far (each waits for `released`).
+    held: std::sync::atomic::AtomicUsize,
+    held_changed: tokio::sync::Notify,
+    released: OnceReleased,
+}
+
+/// A gate held connections wait at; opened once, for good.
+struct OnceReleased(tokio::sync::watch::Sender<bool>);
+
+impl Default for OnceReleased {
+    fn default() -> Self {
+        OnceReleased(tokio::sync::watch::channel(false).0)
+    }
 }
 
 impl LossyProxy {
@@ -225,6 +241,20 @@ impl LossyProxy {
                     drop(client);
                     continue;
                 }
+                if shared.holding.swap(false, Ordering::SeqCst) {
+                    // Accepted, but nothing is forwarded (not even the
+                    // handshake) until the test releases it.
+                    let shared = shared.clone();
+                    tokio::spawn(async move {
+                        let mut gate = shared.released.0.subscribe();
+                        shared.held.fetch_add(1, Ordering::SeqCst);
+                        shared.held_changed.notify_waiters();
+                        if gate.wait_for(|open| *open).await.is_ok() {
+                            relay(client, redis_port, shared.clone()).await;
+                        }
+                    });
+                    continue;
+                }
                 tokio::spawn(relay(client, redis_port, shared.clone()));
             }
         });
@@ -241,6 +271,36 @@ impl LossyProxy {
         use std::sync::atomic::Ordering;
         self.state.refuse_after_loss.store(refuse, Ordering::SeqCst);
         *self.state.armed.lock().unwrap() = Some(needle.as_bytes().to_vec());
+    }
+
+    /// After the next lost reply, holds the first new connection: accepted,
+    /// but nothing forwarded either way until [`release`](Self::release).
+    /// The store's retry of the lost call then waits there, so a test can
+    /// act (another writer saves) at exactly that step.
+    pub fn hold_next_connection_after_loss(&self) {
+        self.state
+            .hold_after_loss
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Waits until `n` connections in all have been held.
+    pub async fn wait_held(&self, n: usize) {
+        use std::sync::atomic::Ordering;
+        loop {
+            // Registered before the check, so a notice in between is not missed.
+            let changed = self.state.held_changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.state.held.load(Ordering::SeqCst) >= n {
+                return;
+            }
+            changed.await;
+        }
+    }
+
+    /// Lets held connections through (and any held later).
+    pub fn release(&self) {
+        self.state.released.0.send_replace(true);
     }
 
     /// How many replies were lost so far.
@@ -307,6 +367,9 @@ async fn relay(client: tokio::net::TcpStream, redis_port: u16, state: Arc<ProxyS
             // client's connection drops (as if Redis had died).
             let refuse = state.refuse_after_loss.swap(0, Ordering::SeqCst);
             state.refusing.store(refuse, Ordering::SeqCst);
+            if state.hold_after_loss.swap(false, Ordering::SeqCst) {
+                state.holding.store(true, Ordering::SeqCst);
+            }
             state.lost.fetch_add(1, Ordering::SeqCst);
             break;
         }

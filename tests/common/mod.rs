@@ -27,6 +27,7 @@
 
 mod cluster;
 pub mod deploy;
+pub mod logs;
 pub mod monitor;
 mod resp;
 pub mod sentinel;

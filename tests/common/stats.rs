@@ -8,6 +8,9 @@ use std::collections::BTreeMap;
 pub const LIBRARY_INTERNAL: &[&str] = &[
     "hmget",
     "hget",
+    "exists",
+    "zscore",
+    "zcount",
     "hset",
     "del",
     "zadd",

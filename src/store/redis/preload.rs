@@ -106,6 +106,7 @@ impl RedisBackend {
             .map_err(|e| self.store_error(e))?;
         if lists_library(&reply, name) {
             tracing::info!(library = %name, "the session function library is loaded in Redis (verify mode)");
+            self.check_eviction_policy().await;
             Ok(())
         } else {
             Err(StoreError::Config(format!(
