@@ -381,3 +381,36 @@ async fn a_slow_answer_within_the_command_timeout_is_waited_for() {
         started.elapsed()
     );
 }
+
+/// Redis nodes that serve only TLS to clients with a certificate (mutual
+/// TLS) behind plain sentinels: custom certificates through Sentinel.
+#[cfg(feature = "tls-rustls")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_nodes_with_a_custom_ca_and_a_client_certificate() {
+    use tower_redis_sessions::store::TlsConfig;
+
+    let certs = common::tls::Certs::generate();
+    let set = tokio::task::block_in_place(|| SentinelSet::start_tls(NAME, &certs));
+    let primary_port = set.primary_port().unwrap();
+    assert!(
+        set.tls_ports.contains(&primary_port),
+        "the sentinels name the TLS port"
+    );
+    let tls = TlsConfig::new()
+        .ca_cert_pem(certs.pem("ca.crt"))
+        .client_cert_pem(certs.pem("client.crt"), certs.pem("client.key"));
+    let store = RedisStore::builder(StoreConfig::new(test_keyring()).prefix(unique_prefix("stls")))
+        .tls(tls)
+        .connect_sentinel(set.sentinel_addrs(), NAME)
+        .await
+        .unwrap();
+    round_trip(&store, "ada").await.unwrap();
+
+    let error = RedisStore::builder(StoreConfig::new(test_keyring()))
+        .tls(TlsConfig::new().ca_cert_pem(certs.pem("ca.crt")))
+        .connect_sentinel(set.sentinel_addrs(), NAME)
+        .await
+        .expect_err("the nodes want a client certificate");
+    eprintln!("without a client certificate: {error}");
+    assert!(error.is_unavailable(), "{error:?}");
+}

@@ -210,10 +210,12 @@ impl RedisStoreBuilder {
     /// instead of the system's, a client certificate for mutual TLS (see
     /// [`TlsConfig`]). Needs the crate feature `tls-rustls` or
     /// `tls-native-tls`; connecting fails with [`StoreError::Config`]
-    /// otherwise. Custom certificates work with [`connect`](Self::connect)
-    /// and [`connect_cluster`](Self::connect_cluster); with
-    /// [`connect_sentinel`](Self::connect_sentinel), only the system's
-    /// authorities (`TlsConfig::new()`).
+    /// otherwise. With [`connect`](Self::connect) the URL says whether to
+    /// use TLS; with [`connect_cluster`](Self::connect_cluster) all node URLs
+    /// must be `rediss://`; with [`connect_sentinel`](Self::connect_sentinel)
+    /// it makes the connections to the Redis nodes TLS (sentinels given as
+    /// `rediss://` URLs are reached over TLS too). Custom certificates with
+    /// a cluster or Sentinel need `tls-rustls`.
     pub fn tls(mut self, tls: TlsConfig) -> Self {
         self.tls = Some(tls);
         self

@@ -109,10 +109,10 @@ pub(super) fn pool(
     for url in &urls {
         tls::check(url, None)?;
     }
-    if tls.is_some_and(TlsConfig::is_custom) {
+    if tls.is_some_and(TlsConfig::is_custom) && !cfg!(feature = "tls-rustls") {
         return Err(StoreError::Config(
-            "custom TLS certificates are not supported with Sentinel yet: use rediss:// with \
-             certificates the system trusts, or connect to the primary directly"
+            "custom TLS certificates with Sentinel need the tower-redis-sessions crate feature \
+             `tls-rustls` (redis-rs takes them only with rustls)"
                 .to_owned(),
         ));
     }
@@ -126,6 +126,11 @@ pub(super) fn pool(
     }
     if tls.is_some() || urls.iter().any(|u| tls::is_tls_url(u)) {
         tls::install_crypto_provider();
+    }
+    #[cfg(feature = "tls-rustls")]
+    if let Some(tls) = tls.filter(|t| t.is_custom()) {
+        let client = with_certificates(&urls, primary, tls, auth)?;
+        return manager_pool(client, connect, pool);
     }
     let mut node = SentinelNodeConnectionInfo::default();
     if tls.is_some() {
@@ -151,6 +156,15 @@ pub(super) fn pool(
             "invalid Sentinel settings (primary `{primary}`): {e}"
         ))
     })?;
+    manager_pool(client, connect, pool)
+}
+
+/// The pool over `client`, timed by the store.
+fn manager_pool(
+    client: SentinelClient,
+    connect: Duration,
+    pool: PoolConfig,
+) -> Result<Pool, StoreError> {
     let manager = Manager {
         client: tokio::sync::Mutex::new(client),
         config: AsyncConnectionConfig::new()
@@ -164,6 +178,76 @@ pub(super) fn pool(
         .runtime(Runtime::Tokio1)
         .build()
         .map_err(|e| StoreError::Config(e.to_string()))
+}
+
+/// A Sentinel client whose connections to the Redis nodes (and to
+/// `rediss://` sentinels) trust the CA of `tls` and present its client
+/// certificate.
+#[cfg(feature = "tls-rustls")]
+fn with_certificates(
+    urls: &[String],
+    primary: &str,
+    tls: &TlsConfig,
+    auth: Option<&NodeAuth>,
+) -> Result<SentinelClient, StoreError> {
+    use deadpool_redis::redis::sentinel::SentinelClientBuilder;
+    use deadpool_redis::redis::{
+        ClientTlsConfig, ConnectionAddr, IntoConnectionInfo, TlsCertificates,
+    };
+
+    let invalid = |e: RedisError| {
+        StoreError::Config(format!(
+            "invalid Sentinel settings (primary `{primary}`): {e}"
+        ))
+    };
+    let certificates = TlsCertificates {
+        client_tls: tls.client().map(|(cert, key)| ClientTlsConfig {
+            client_cert: cert.to_vec(),
+            client_key: key.to_vec(),
+        }),
+        root_cert: tls.ca_cert().map(<[u8]>::to_vec),
+    };
+    let infos = urls
+        .iter()
+        .map(|url| url.as_str().into_connection_info())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(invalid)?;
+    let sentinels_tls = infos
+        .iter()
+        .any(|i| matches!(i.addr(), ConnectionAddr::TcpTls { .. }));
+    let mut builder = SentinelClientBuilder::new(
+        infos.iter().map(|i| i.addr().clone()),
+        primary,
+        SentinelServerType::Master,
+    )
+    .map_err(invalid)?
+    .set_client_to_redis_tls_mode(TlsMode::Secure)
+    .set_client_to_redis_certificates(certificates.clone());
+    if sentinels_tls {
+        builder = builder
+            .set_client_to_sentinel_tls_mode(TlsMode::Secure)
+            .set_client_to_sentinel_certificates(certificates);
+    }
+    // The sentinels' credentials, from their URLs (the first that has any).
+    if let Some(settings) = infos
+        .iter()
+        .map(|i| i.redis_settings())
+        .find(|r| r.password().is_some())
+    {
+        if let Some(username) = settings.username() {
+            builder = builder.set_client_to_sentinel_username(username);
+        }
+        if let Some(password) = settings.password() {
+            builder = builder.set_client_to_sentinel_password(password);
+        }
+    }
+    if let Some(auth) = auth {
+        if let Some(username) = &auth.username {
+            builder = builder.set_client_to_redis_username(username);
+        }
+        builder = builder.set_client_to_redis_password(&auth.password);
+    }
+    builder.build().map_err(invalid)
 }
 
 #[cfg(test)]

@@ -30,7 +30,7 @@ pub struct Sentinel {
 }
 
 impl Sentinel {
-    fn start(name: &str, primary_port: u16) -> Sentinel {
+    fn start(name: &str, primary_port: u16, extra_conf: &str) -> Sentinel {
         let dir = create_temp_dir();
         let port = reserve_port();
         let conf = dir.join("sentinel.conf");
@@ -42,7 +42,7 @@ impl Sentinel {
                  sentinel monitor {name} 127.0.0.1 {primary_port} 2\n\
                  sentinel down-after-milliseconds {name} {DOWN_AFTER_MS}\n\
                  sentinel failover-timeout {name} 10000\n\
-                 sentinel parallel-syncs {name} 1\n",
+                 sentinel parallel-syncs {name} 1\n{extra_conf}",
                 dir.display()
             ),
         )
@@ -139,6 +139,8 @@ pub struct SentinelSet {
     /// `[primary, replica]` as started; which one is primary now is
     /// [`SentinelSet::primary_port`].
     pub servers: Vec<RedisServer>,
+    /// With [`SentinelSet::start_tls`], the TLS port of each server.
+    pub tls_ports: Vec<u16>,
     pub sentinels: Vec<Sentinel>,
 }
 
@@ -162,23 +164,87 @@ impl SentinelSet {
             "the replica to sync with the primary",
         );
         let sentinels: Vec<Sentinel> = (0..3)
-            .map(|_| Sentinel::start(name, primary.port()))
+            .map(|_| Sentinel::start(name, primary.port(), ""))
             .collect();
         let set = SentinelSet {
             name: name.to_owned(),
             servers: vec![primary, replica],
+            tls_ports: Vec::new(),
             sentinels,
         };
+        set.wait_settled();
+        set
+    }
+
+    /// Like [`SentinelSet::start`], but the primary and the replica serve
+    /// TLS (on ports of their own, with the server certificate of `certs`;
+    /// clients must present one signed by its CA) and replicate over it, and
+    /// the sentinels monitor them over TLS, so the addresses the sentinels
+    /// give clients are the TLS ports. The sentinels themselves are plain.
+    pub fn start_tls(name: &str, certs: &super::tls::Certs) -> SentinelSet {
+        let path = |n: &str| certs.path(n).display().to_string();
+        let tls_ports = [reserve_port(), reserve_port()];
+        let opts = |tls_port: u16| ServerOptions {
+            extra: vec![
+                ("tls-port".to_owned(), tls_port.to_string()),
+                ("tls-replication".to_owned(), "yes".to_owned()),
+                ("tls-cert-file".to_owned(), path("server.crt")),
+                ("tls-key-file".to_owned(), path("server.key")),
+                ("tls-client-cert-file".to_owned(), path("node.crt")),
+                ("tls-client-key-file".to_owned(), path("node.key")),
+                ("tls-ca-cert-file".to_owned(), path("ca.crt")),
+                ("tls-auth-clients".to_owned(), "yes".to_owned()),
+            ],
+            ..ServerOptions::default()
+        };
+        let primary = RedisServer::start_with(opts(tls_ports[0]));
+        let mut replica_opts = opts(tls_ports[1]);
+        replica_opts.extra.push((
+            "replicaof".to_owned(),
+            format!("127.0.0.1 {}", tls_ports[0]),
+        ));
+        let replica = RedisServer::start_with(replica_opts);
         wait_for(
             || {
-                set.sentinels.iter().all(|s| {
-                    s.master_field(name, "num-other-sentinels").as_deref() == Some("2")
-                        && s.master_field(name, "num-slaves").as_deref() == Some("1")
+                replica
+                    .cmd(&["INFO", "replication"])
+                    .contains("master_link_status:up")
+            },
+            "the replica to sync with the primary over TLS",
+        );
+        let conf = format!(
+            "tls-replication yes\ntls-cert-file {}\ntls-key-file {}\n\
+             tls-client-cert-file {}\ntls-client-key-file {}\ntls-ca-cert-file {}\n",
+            path("server.crt"),
+            path("server.key"),
+            path("node.crt"),
+            path("node.key"),
+            path("ca.crt")
+        );
+        let sentinels: Vec<Sentinel> = (0..3)
+            .map(|_| Sentinel::start(name, tls_ports[0], &conf))
+            .collect();
+        let set = SentinelSet {
+            name: name.to_owned(),
+            servers: vec![primary, replica],
+            tls_ports: tls_ports.to_vec(),
+            sentinels,
+        };
+        set.wait_settled();
+        set
+    }
+
+    /// Waits until the sentinels know each other and the replica.
+    fn wait_settled(&self) {
+        wait_for(
+            || {
+                self.sentinels.iter().all(|s| {
+                    s.master_field(&self.name, "num-other-sentinels").as_deref() == Some("2")
+                        && s.master_field(&self.name, "num-slaves").as_deref() == Some("1")
                 })
             },
             "the sentinels to know each other and the replica",
         );
-        set
     }
 
     /// `host:port` of each sentinel.
@@ -199,7 +265,14 @@ impl SentinelSet {
         let port = self.primary_port().expect("the sentinels name a primary");
         self.servers
             .iter()
-            .find(|s| s.port() == port)
+            .zip(
+                self.tls_ports
+                    .iter()
+                    .map(Some)
+                    .chain(std::iter::repeat(None)),
+            )
+            .find(|(s, tls)| s.port() == port || tls.is_some_and(|t| *t == port))
+            .map(|(s, _)| s)
             .expect("the primary is one of ours")
     }
 
@@ -243,5 +316,13 @@ pub fn wait_for(mut condition: impl FnMut() -> bool, what: &str) {
     while !condition() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         thread::sleep(Duration::from_millis(50));
+    }
+}
+
+impl Drop for SentinelSet {
+    fn drop(&mut self) {
+        for port in &self.tls_ports {
+            release_port(*port);
+        }
     }
 }
