@@ -21,7 +21,7 @@ use tower_redis_sessions::{RedisStore, SessionStore, StoreConfig, StoreError};
 /// when the pool checks a returned connection.
 const COMMANDS: &str = "+fcall \
     +hget +hmget +hset +del +exists +persist +pexpireat \
-    +zadd +zrem +zrange +zrangebyscore +zcount +zscore +cluster|keyslot";
+    +zadd +zrem +zrange +zrangebyscore +zcount +zscore +cluster|keyslot +cluster|nodes";
 
 /// `ACL SETUSER <user> ...` for a user that may also load the library
 /// (`LibraryMode::Load`), keys under `prefix` only.
@@ -247,4 +247,72 @@ async fn the_print_library_example_prints_what_verify_expects() {
         .await
         .unwrap();
     round_trip(&store, "lin").await.unwrap();
+}
+
+/// The commands the library runs inside Redis, from its source:
+/// `redis.call('NAME', ...)`, with the subcommand of container commands
+/// (`CLUSTER KEYSLOT` is `+cluster|keyslot`).
+fn commands_in_the_library() -> std::collections::BTreeSet<String> {
+    let source = library_source();
+    let mut found = std::collections::BTreeSet::new();
+    for call in ["redis.call(", "redis.pcall("] {
+        for (at, _) in source.match_indices(call) {
+            let rest = &source[at + call.len()..];
+            let rest = &rest[..rest.find(')').unwrap_or(rest.len())];
+            let mut args = rest
+                .split(',')
+                .map(|a| a.trim().trim_matches('\'').trim_matches('"'));
+            let name = args.next().unwrap_or_default().to_ascii_lowercase();
+            let rule = if name == "cluster" {
+                format!(
+                    "+{name}|{}",
+                    args.next().unwrap_or_default().to_ascii_lowercase()
+                )
+            } else {
+                format!("+{name}")
+            };
+            found.insert(rule);
+        }
+    }
+    found
+}
+
+/// The ACL documented in the README and used by these tests lists exactly
+/// the commands the library runs (plus `FCALL` and `FUNCTION`): when the
+/// library starts calling another command, this fails until the docs say so.
+#[test]
+fn the_documented_acl_covers_the_library_exactly() {
+    let expected: std::collections::BTreeSet<String> = commands_in_the_library()
+        .into_iter()
+        .chain(["+fcall".to_owned()])
+        .collect();
+    let tested: std::collections::BTreeSet<String> =
+        COMMANDS.split_whitespace().map(str::to_owned).collect();
+    assert_eq!(
+        tested, expected,
+        "tests/deploy_acl.rs COMMANDS vs the library"
+    );
+
+    let readme = include_str!("../README.md");
+    let lines: Vec<&str> = readme
+        .lines()
+        .filter(|l| l.starts_with("ACL SETUSER sessions "))
+        .collect();
+    assert_eq!(lines.len(), 2, "the README documents two ACL variants");
+    for (line, function) in lines.iter().zip([
+        &["+function|load", "+function|list"][..],
+        &["+function|list"][..],
+    ]) {
+        let documented: std::collections::BTreeSet<String> = line
+            .split_whitespace()
+            .filter(|w| w.starts_with('+'))
+            .map(str::to_owned)
+            .collect();
+        let want: std::collections::BTreeSet<String> = expected
+            .iter()
+            .cloned()
+            .chain(function.iter().map(|f| (*f).to_owned()))
+            .collect();
+        assert_eq!(documented, want, "README: {line}");
+    }
 }

@@ -328,7 +328,7 @@ async fn a_node_demoted_under_the_store_answers_503_and_its_connections_are_repl
 /// Sentinel client sends to check that the node it was given is the primary.
 const SENTINEL_ACL: &str = "on >pw resetkeys ~{prefix}* resetchannels -@all +fcall +function|list \
     +hget +hmget +hset +del +exists +persist +pexpireat \
-    +zadd +zrem +zrange +zrangebyscore +zcount +zscore +cluster|keyslot +role";
+    +zadd +zrem +zrange +zrangebyscore +zcount +zscore +cluster|keyslot +cluster|nodes +role";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_acl_user_behind_the_sentinels() {
