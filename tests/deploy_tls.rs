@@ -57,6 +57,18 @@ mod with_tls {
         let tls = TlsConfig::new().ca_cert_pem(server.certs.pem("ca.crt"));
         let store = connect(&server.url(), tls, "tls").await.unwrap();
         round_trip(&store, "ada").await.unwrap();
+        // For comparison (reported, not asserted): the same over plain TCP.
+        let started = Instant::now();
+        let plain = RedisStore::builder(config("plain"))
+            .pool_size(2)
+            .connect(&server.server.url())
+            .await
+            .unwrap();
+        eprintln!(
+            "[figure] plain: connect over TCP took {:?}",
+            started.elapsed()
+        );
+        drop(plain);
         // The calls really went over the TLS port: the server counts TLS
         // clients apart only in its connection list, so ask it.
         let clients = server.server.cmd(&["CLIENT", "LIST"]);
