@@ -22,7 +22,8 @@ use std::time::Duration;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
-use tower_redis_sessions::{Data, MemoryStore, Record, SaveOutcome, SessionStore, Token, fuzzing};
+use tower_redis_sessions::store::{Data, Record, SaveOutcome, SessionStore, Token};
+use tower_redis_sessions::{MemoryStore, fuzzing};
 
 const TOKEN: &str = "AAAAAAAA.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
 

@@ -24,10 +24,8 @@ use http_body_util::BodyExt;
 use hyper::header::COOKIE;
 use hyper::{Request, StatusCode};
 use tower::Service;
-use tower_redis_sessions::{
-    CookieConfig, MemoryStore, Record, SaveOutcome, Session, SessionError, SessionLayer,
-    SessionStore,
-};
+use tower_redis_sessions::store::{Record, SaveOutcome, SessionStore};
+use tower_redis_sessions::{CookieConfig, MemoryStore, Session, SessionError, SessionLayer};
 
 async fn ok() -> &'static str {
     "ok"

@@ -8,7 +8,7 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use tower_redis_sessions::Token;
+use tower_redis_sessions::store::Token;
 
 const TEXT: &str = "q83vEjRW.3q2-78rK_s7aZmOt9LnHS3pGmtJ0wRc7Rz4zYkVqVh0";
 

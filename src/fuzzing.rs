@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use http::HeaderMap;
 
-use crate::codec::{Codec, Keyring, Meta};
+use crate::envelope::{Codec, Meta};
+use crate::keyring::Keyring;
 use crate::record::Record;
 use crate::token::{SessionId, Tag, Token};
 use crate::transport::Transport;

@@ -109,7 +109,6 @@ impl SessionLayer {
                 idle_timeout: Some(Duration::from_secs(24 * 3600)),
                 lifetime: Some(Duration::from_secs(30 * 24 * 3600)),
                 retry: RetryPolicy::default(),
-                locks: Default::default(),
             },
         }
     }

@@ -16,7 +16,7 @@
 //! |---|---|
 //! | [`SessionLayer`] | tower middleware: reads the token, hands the request a [`Session`], saves and sets the cookie when the response is ready |
 //! | [`Session`] | the request's session (also an axum extractor): typed values, `update`, login, logout, the user's other sessions |
-//! | [`SessionStore`] | where sessions live: [`RedisStore`] (Redis, Redis Cluster) or [`MemoryStore`] (in process) |
+//! | [`store::SessionStore`] | where sessions live: [`RedisStore`] (Redis, Redis Cluster) or [`MemoryStore`] (in process) |
 //! | [`StoreConfig`], [`Keyring`] | key prefix, expiry bookkeeping, limits; signing and routing keys |
 //!
 //! # Example
@@ -58,13 +58,14 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
-mod codec;
+mod envelope;
 mod error;
 #[cfg(feature = "axum")]
 mod extract;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
+mod keyring;
 pub mod layer;
 mod record;
 mod session;
@@ -72,22 +73,23 @@ pub mod store;
 mod token;
 mod transport;
 
-pub use transport::CookieConfig;
-
-pub use codec::{KeyError, Keyring, MIN_SECRET_LEN};
 pub use cookie::SameSite;
 pub use error::SessionError;
+pub use keyring::{KeyError, Keyring, MIN_SECRET_LEN};
 pub use layer::{SessionLayer, SessionService};
-pub use record::{
-    Data, MAX_METADATA_FIELDS, MAX_METADATA_KEY, MAX_METADATA_VALUE, Metadata, Millis, Record,
-};
+pub use record::{MAX_METADATA_FIELDS, MAX_METADATA_KEY, MAX_METADATA_VALUE, Metadata};
 pub use session::{RetryPolicy, Session, SessionInfo};
-pub use store::core::StoreStats;
-pub use store::{
-    MemoryStore, RedisStore, RedisStoreBuilder, RetireOutcome, SaveOutcome, SessionStore,
-    StoreConfig, StoreError,
-};
-pub use token::{SessionId, TOKEN_LEN, Token, TokenError};
+pub use store::{MemoryStore, RedisStore, RedisStoreBuilder, StoreConfig, StoreError, StoreStats};
+pub use token::{RandomError, SessionId};
+pub use transport::CookieConfig;
+
+/// The deadpool-redis crate this crate's API takes pools from
+/// ([`RedisStoreBuilder::from_pool`]), so that versions match without
+/// pinning them by hand.
+pub use deadpool_redis;
+/// The redis crate behind [`RedisStore`] (the source of
+/// [`StoreError::Backend`] errors).
+pub use deadpool_redis::redis;
 
 /// The README's examples, compiled as doc tests so they stay true.
 #[cfg(doctest)]

@@ -91,11 +91,11 @@ impl Record {
     /// When the session ends unless seen again: the earlier of the idle and
     /// the absolute deadline; `None` if it has neither.
     pub fn deadline(&self) -> Option<Millis> {
-        let idle = self.idle_deadline();
-        match (idle, self.absolute_deadline) {
-            (Some(i), Some(a)) => Some(i.min(a)),
-            (i, a) => i.or(a),
-        }
+        deadline(
+            self.last_seen,
+            self.idle_timeout.map(millis),
+            self.absolute_deadline,
+        )
     }
 
     /// `last_seen` plus the idle timeout.
@@ -107,6 +107,22 @@ impl Record {
     /// Whether the session has ended by `now`.
     pub fn is_expired(&self, now: Millis) -> bool {
         self.deadline().is_some_and(|d| d <= now)
+    }
+}
+
+/// When a session last seen at `last_seen` ends: the earlier of the idle
+/// deadline (`idle` ms after it) and the absolute one; `None` if it has
+/// neither. The one definition in Rust (the Lua library has its twin), used by
+/// records and by the memory store's entries alike.
+pub(crate) fn deadline(
+    last_seen: Millis,
+    idle: Option<u64>,
+    absolute: Option<Millis>,
+) -> Option<Millis> {
+    let idle = idle.map(|idle| last_seen.saturating_add(idle));
+    match (idle, absolute) {
+        (Some(i), Some(a)) => Some(i.min(a)),
+        (i, a) => i.or(a),
     }
 }
 

@@ -1,4 +1,4 @@
-//! The token a client holds, and the Redis key it maps to.
+//! The token a client holds, and the session id Redis knows it by.
 //!
 //! A token reads `<tag>.<secret>`: `tag` is 6 bytes (8 base64url characters)
 //! that choose the Redis hash slot, `secret` is 32 bytes (43 characters) from
@@ -16,12 +16,14 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use sha2::{Digest, Sha256};
 
+use crate::keyring::Keyring;
+
 /// Length of the routing tag, in bytes.
 pub(crate) const TAG_BYTES: usize = 6;
 const SECRET_BYTES: usize = 32;
-const TAG_CHARS: usize = 8; // base64url of 6 bytes, no padding
+pub(crate) const TAG_CHARS: usize = 8; // base64url of 6 bytes, no padding
 const SECRET_CHARS: usize = 43; // base64url of 32 bytes, no padding
-const HASH_CHARS: usize = 43; // base64url of a SHA-256, no padding
+pub(crate) const HASH_CHARS: usize = 43; // base64url of a SHA-256, no padding
 /// Length of a token's text form: tag, '.', secret.
 pub const TOKEN_LEN: usize = TAG_CHARS + 1 + SECRET_CHARS;
 
@@ -30,14 +32,14 @@ pub const TOKEN_LEN: usize = TAG_CHARS + 1 + SECRET_CHARS;
 pub(crate) struct Tag(pub(crate) [u8; TAG_BYTES]);
 
 impl Tag {
-    pub(crate) fn random() -> Result<Tag, getrandom::Error> {
+    pub(crate) fn random() -> Result<Tag, RandomError> {
         let mut tag = [0; TAG_BYTES];
-        getrandom::fill(&mut tag)?;
+        getrandom::fill(&mut tag).map_err(RandomError)?;
         Ok(Tag(tag))
     }
 
     /// Appends the tag as it appears in tokens and Redis keys.
-    fn encode_into(&self, out: &mut String) {
+    pub(crate) fn encode_into(&self, out: &mut String) {
         URL_SAFE_NO_PAD.encode_string(self.0, out);
     }
 }
@@ -49,7 +51,7 @@ impl Tag {
 /// without harm.
 ///
 /// ```
-/// use tower_redis_sessions::Token;
+/// use tower_redis_sessions::store::Token;
 ///
 /// let text = "AAAAAAAA.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
 /// let token: Token = text.parse().unwrap();
@@ -64,10 +66,23 @@ pub struct Token {
 
 impl Token {
     /// A new token with the given routing tag and a fresh secret.
-    pub(crate) fn generate(tag: Tag) -> Result<Token, getrandom::Error> {
+    pub(crate) fn generate(tag: Tag) -> Result<Token, RandomError> {
         let mut secret = [0; SECRET_BYTES];
-        getrandom::fill(&mut secret)?;
+        getrandom::fill(&mut secret).map_err(RandomError)?;
         Ok(Token { tag, secret })
+    }
+
+    /// A fresh token for a session of `user` (with the user's routing tag,
+    /// from `keyring`, so that it shares the hash slot of the user's other
+    /// sessions and index) or, for `None`, an anonymous one (random tag).
+    /// What [`SessionStore::new_token`](crate::store::SessionStore::new_token)
+    /// returns; for stores implemented outside this crate.
+    pub fn new_for(keyring: &Keyring, user: Option<&str>) -> Result<Token, RandomError> {
+        let tag = match user {
+            Some(user) => keyring.user_route(user).0,
+            None => Tag::random()?,
+        };
+        Token::generate(tag)
     }
 
     #[cfg(feature = "fuzzing")]
@@ -80,10 +95,10 @@ impl Token {
     }
 
     /// A new token in the same hash slot as this one (same tag, fresh
-    /// secret): what [`SessionStore::rotate`](crate::SessionStore::rotate)
+    /// secret): what [`SessionStore::rotate`](crate::store::SessionStore::rotate)
     /// moves a session to.
-    pub fn renew(&self) -> Result<Token, TokenError> {
-        Token::generate(self.tag).map_err(|_| TokenError::Random)
+    pub fn renew(&self) -> Result<Token, RandomError> {
+        Token::generate(self.tag)
     }
 
     /// The id of the session this token opens: SHA-256 of the secret.
@@ -129,10 +144,13 @@ pub enum TokenError {
     /// The text is not `<8 base64url chars>.<43 base64url chars>`.
     #[error("session token is not well formed")]
     Format,
-    /// The operating system's random number generator failed.
-    #[error("could not generate a session token")]
-    Random,
 }
+
+/// The operating system's random number generator failed (tokens, secrets
+/// and nonces all come from it): the one error for it, wherever it shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the operating system's random number generator failed: {0}")]
+pub struct RandomError(pub(crate) getrandom::Error);
 
 impl std::str::FromStr for Token {
     type Err = TokenError;
@@ -171,7 +189,7 @@ fn decode_exact(text: &[u8], out: &mut [u8]) -> Result<(), TokenError> {
 /// listings, can be shown to the session's user (for "sign out that device"),
 /// and gives no access to the session.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct SessionId([u8; 32]);
+pub struct SessionId(pub(crate) [u8; 32]);
 
 impl SessionId {
     /// Parses the text form produced by [`Display`](fmt::Display).
@@ -198,50 +216,6 @@ impl fmt::Debug for SessionId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // The id is not a credential, but keep logs short and uniform.
         f.write_str("SessionId(<elided>)")
-    }
-}
-
-/// Builds the Redis key names of one deployment (one key prefix).
-#[derive(Clone, Debug)]
-pub(crate) struct KeySpace {
-    prefix: String,
-}
-
-impl KeySpace {
-    pub(crate) fn new(prefix: impl Into<String>) -> KeySpace {
-        KeySpace {
-            prefix: prefix.into(),
-        }
-    }
-
-    /// `<prefix>{<tag>}:s:<id>`
-    pub(crate) fn session(&self, tag: Tag, id: &SessionId) -> String {
-        self.key(tag, ":s:", &id.0)
-    }
-
-    /// `<prefix>{<tag>}:u:<user hash>`, the hash in base64url.
-    pub(crate) fn user_index(&self, tag: Tag, user_hash: &[u8; 32]) -> String {
-        self.key(tag, ":u:", user_hash)
-    }
-
-    /// `<prefix>{<tag>}<kind><base64url of hash>`, built in one allocation of
-    /// the exact size (every store call names a key or two).
-    fn key(&self, tag: Tag, kind: &str, hash: &[u8; 32]) -> String {
-        let mut key =
-            String::with_capacity(self.prefix.len() + TAG_CHARS + 2 + kind.len() + HASH_CHARS);
-        key.push_str(&self.prefix);
-        key.push('{');
-        tag.encode_into(&mut key);
-        key.push('}');
-        key.push_str(kind);
-        URL_SAFE_NO_PAD.encode_string(hash, &mut key);
-        key
-    }
-
-    /// The session id at the end of a session key name (as listed by Redis).
-    pub(crate) fn id_of(&self, key: &str) -> Option<SessionId> {
-        let (_, id) = key.rsplit_once(":s:")?;
-        SessionId::parse(id)
     }
 }
 
@@ -294,18 +268,5 @@ mod tests {
         let shown = format!("{token:?} {:?}", token.id());
         assert!(!shown.contains(&token.to_string()[TAG_CHARS + 1..]));
         assert!(!shown.contains(&token.id().to_string()));
-    }
-
-    #[test]
-    fn keys_carry_the_tag_as_hash_tag() {
-        let token = Token::generate(Tag([0; TAG_BYTES])).unwrap();
-        let keys = KeySpace::new("app:");
-        let key = keys.session(token.tag(), &token.id());
-        assert_eq!(key, format!("app:{{AAAAAAAA}}:s:{}", token.id()));
-        assert_eq!(key.len(), key.capacity());
-        assert_eq!(keys.id_of(&key), Some(token.id()));
-        let index = keys.user_index(Tag([0xff; TAG_BYTES]), &[0; 32]);
-        assert_eq!(index, format!("app:{{________}}:u:{}", "A".repeat(43)));
-        assert_eq!(index.len(), index.capacity());
     }
 }

@@ -13,8 +13,8 @@ use std::sync::Arc;
 use common::RedisServer;
 use common::deploy::round_trip;
 use common::stores::{test_keyring, unique_prefix};
-use tower_redis_sessions::store::{LibraryMode, library_name, library_source};
-use tower_redis_sessions::{RedisStore, SessionStore, StoreConfig, StoreError};
+use tower_redis_sessions::store::{LibraryMode, SessionStore, library_name, library_source};
+use tower_redis_sessions::{RedisStore, StoreConfig, StoreError};
 
 /// The commands the session functions run inside Redis (ACLs apply to them
 /// too), and what the client itself sends: `FCALL`, and `PING` + `UNWATCH`

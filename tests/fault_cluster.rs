@@ -12,7 +12,8 @@ mod http;
 use std::sync::Arc;
 
 use serde_json::{Value, json};
-use tower_redis_sessions::{RedisStore, SessionStore, Token};
+use tower_redis_sessions::RedisStore;
+use tower_redis_sessions::store::{SessionStore, Token};
 
 use common::{RedisCluster, RedisServer, key_slot};
 use faults::demo_on;

@@ -17,9 +17,8 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use tower_redis_sessions::{
-    Keyring, Record, RedisStore, SaveOutcome, SessionStore, StoreConfig, StoreError, Token,
-};
+use tower_redis_sessions::store::{Record, SaveOutcome, SessionStore, Token};
+use tower_redis_sessions::{Keyring, RedisStore, StoreConfig, StoreError};
 
 use common::stores::{session_key, unique_prefix};
 use common::{RedisCluster, RedisServer, key_slot};

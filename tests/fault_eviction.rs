@@ -12,7 +12,8 @@ use std::time::Duration;
 use common::logs::Captured;
 use common::stores::{Deployment, Tamper, open, session_key, test_keyring, unique_prefix};
 use common::{RedisServer, ServerOptions};
-use tower_redis_sessions::{Record, RedisStore, SaveOutcome, SessionStore, StoreConfig, Token};
+use tower_redis_sessions::store::{Record, SaveOutcome, SessionStore, Token};
+use tower_redis_sessions::{RedisStore, StoreConfig};
 
 fn record(token: &Token, user: &str, now: u64) -> Record {
     let mut r = Record::new(token.id(), "web", now);

@@ -18,9 +18,9 @@ use axum::extract::Path;
 use axum::routing::post;
 use ciborium::Value as Cbor;
 use serde_json::{Value, json};
+use tower_redis_sessions::store::{Record, SaveOutcome, SessionStore, Token};
 use tower_redis_sessions::{
-    CookieConfig, Keyring, Record, RedisStore, SaveOutcome, Session, SessionError, SessionLayer,
-    SessionStore, StoreConfig, StoreError, Token,
+    CookieConfig, Keyring, RedisStore, Session, SessionError, SessionLayer, StoreConfig, StoreError,
 };
 
 use common::shared_server;

@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use tokio::task::JoinSet;
-use tower_redis_sessions::{RedisStore, SessionStore, StoreError, Token};
+use tower_redis_sessions::store::{SessionStore, Token};
+use tower_redis_sessions::{RedisStore, StoreError};
 
 use common::RedisServer;
 use faults::{

@@ -8,10 +8,8 @@ mod common;
 
 use std::time::Duration;
 
-use tower_redis_sessions::{
-    Keyring, Record, RedisStore, RetireOutcome, SaveOutcome, SessionStore, StoreConfig, StoreError,
-    Token,
-};
+use tower_redis_sessions::store::{Record, RetireOutcome, SaveOutcome, SessionStore, Token};
+use tower_redis_sessions::{Keyring, RedisStore, StoreConfig, StoreError};
 
 use common::logs::Captured;
 use common::stores::unique_prefix;

@@ -20,9 +20,8 @@ use std::time::Duration;
 
 use ciborium::Value as Cbor;
 use serde_json::{Value, json};
-use tower_redis_sessions::{
-    CookieConfig, Keyring, Record, RedisStore, SaveOutcome, SessionLayer, SessionStore, StoreConfig,
-};
+use tower_redis_sessions::store::{Record, SaveOutcome, SessionStore};
+use tower_redis_sessions::{CookieConfig, Keyring, RedisStore, SessionLayer, StoreConfig};
 
 use common::RedisServer;
 use faults::{LossyProxy, Timeouts};

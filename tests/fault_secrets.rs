@@ -22,7 +22,8 @@ use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_S
 use reqwest::header::COOKIE;
 use serde_json::json;
 use tokio::task::JoinSet;
-use tower_redis_sessions::{Keyring, SaveOutcome, SessionStore, StoreConfig, Token};
+use tower_redis_sessions::store::{SaveOutcome, SessionStore, Token};
+use tower_redis_sessions::{Keyring, StoreConfig};
 use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::fmt::format::FmtSpan;
 use tracing_subscriber::prelude::*;

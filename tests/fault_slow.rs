@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use tokio::sync::Barrier;
 use tokio::task::JoinSet;
-use tower_redis_sessions::{Record, SaveOutcome, SessionStore, StoreError};
+use tower_redis_sessions::StoreError;
+use tower_redis_sessions::store::{Record, SaveOutcome, SessionStore};
 
 use common::{RedisServer, ServerOptions};
 use faults::{FAST, Log, SLACK, Timeouts, demo_on, max_latency, statuses};

@@ -29,10 +29,10 @@ use tower_redis_sessions::fuzzing::{
     HEADER_LEN, MAX_SEALED, open, open_body, parse_token, read_token, sample_blob,
 };
 use tower_redis_sessions::store::StoreFuture;
-use tower_redis_sessions::{
-    MemoryStore, Record, RetireOutcome, SaveOutcome, Session, SessionId, SessionLayer,
-    SessionStore, StoreError, TOKEN_LEN, Token,
+use tower_redis_sessions::store::{
+    Record, RetireOutcome, SaveOutcome, SessionStore, TOKEN_LEN, Token,
 };
+use tower_redis_sessions::{MemoryStore, Session, SessionId, SessionLayer, StoreError};
 
 // ---------------------------------------------------------------------------
 // Allocation accounting: the peak of the bytes live on this thread

@@ -251,7 +251,10 @@ async fn logout_race(backend: Backend) {
         // no key in the user's hash slot (the index was its only other key;
         // new anonymous sessions have random tags).
         if backend != Backend::Memory {
-            let id = token.parse::<tower_redis_sessions::Token>().unwrap().id();
+            let id = token
+                .parse::<tower_redis_sessions::store::Token>()
+                .unwrap()
+                .id();
             let user_tag = format!("{prefix}{{{}}}", &token[..8]);
             let left: Vec<String> = redis_keys(backend, &prefix)
                 .into_iter()

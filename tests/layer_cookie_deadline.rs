@@ -13,7 +13,8 @@ use std::time::Duration;
 use axum::Router;
 use axum::routing::{get, post};
 use reqwest::header::COOKIE;
-use tower_redis_sessions::{CookieConfig, Millis, RedisStore, Session, SessionError, SessionLayer};
+use tower_redis_sessions::store::Millis;
+use tower_redis_sessions::{CookieConfig, RedisStore, Session, SessionError, SessionLayer};
 
 use common::stores::ManualClock;
 use http::{Server, bare_client, session_cookie};

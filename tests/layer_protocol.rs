@@ -152,7 +152,7 @@ async fn default_cookie_is_secure_httponly_lax_root_with_max_age() {
         .collect();
     assert_eq!(raw.len(), 1, "{raw:?}");
     let c = session_cookie(&response, "session").unwrap();
-    assert_eq!(c.value().len(), tower_redis_sessions::TOKEN_LEN);
+    assert_eq!(c.value().len(), tower_redis_sessions::store::TOKEN_LEN);
     assert_eq!(c.secure(), Some(true), "{}", raw[0]);
     assert_eq!(c.http_only(), Some(true), "{}", raw[0]);
     assert_eq!(c.same_site(), Some(cookie::SameSite::Lax), "{}", raw[0]);
@@ -438,7 +438,7 @@ async fn bearer_transport() {
         .to_str()
         .unwrap()
         .to_owned();
-    assert_eq!(token.len(), tower_redis_sessions::TOKEN_LEN);
+    assert_eq!(token.len(), tower_redis_sessions::store::TOKEN_LEN);
 
     let read = |auth: String| {
         let http = http.clone();

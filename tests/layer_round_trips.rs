@@ -262,7 +262,7 @@ async fn malformed_cookies_cost_no_redis_command() {
         .collect();
     // Non-canonical: the last character carries bits beyond the 32 bytes.
     let loose = format!("{}B", &good[..good.len() - 1]);
-    assert!(loose.parse::<tower_redis_sessions::Token>().is_err());
+    assert!(loose.parse::<tower_redis_sessions::store::Token>().is_err());
     let mut cookies: Vec<Vec<u8>> = vec![
         b"session=garbage".to_vec(),
         b"session=".to_vec(),
@@ -319,7 +319,7 @@ async fn malformed_cookies_cost_no_redis_command() {
         assert!(
             issued
                 .value()
-                .parse::<tower_redis_sessions::Token>()
+                .parse::<tower_redis_sessions::store::Token>()
                 .is_ok()
         );
         assert_round_trips(&d, 1, &format!("POST /api/incr/n with cookie {shown}"));

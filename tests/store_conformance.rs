@@ -17,9 +17,8 @@ use ciborium::Value;
 use common::stores::{
     Deployment, ManualClock, Tamper, carry, eventually, open, open_with, session_key, test_keyring,
 };
-use tower_redis_sessions::{
-    Keyring, Millis, Record, RetireOutcome, SaveOutcome, SessionId, StoreConfig, StoreError, Token,
-};
+use tower_redis_sessions::store::{Millis, Record, RetireOutcome, SaveOutcome, Token};
+use tower_redis_sessions::{Keyring, SessionId, StoreConfig, StoreError};
 
 /// Instantiates each case as `memory::<case>`, `standalone::<case>` and
 /// `cluster::<case>`.

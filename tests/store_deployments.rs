@@ -8,7 +8,8 @@ use std::time::Duration;
 use common::stores::{session_key, test_keyring, unique_prefix};
 use common::{Reply, shared_server};
 use sha2::{Digest, Sha256};
-use tower_redis_sessions::{Record, RedisStore, SaveOutcome, SessionStore, StoreConfig, Token};
+use tower_redis_sessions::store::{Record, SaveOutcome, SessionStore, Token};
+use tower_redis_sessions::{RedisStore, StoreConfig};
 
 const SOURCE: &str = include_str!("../lua/sessions.lua");
 

@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use common::RedisServer;
 use common::stores::{Deployment, ManualClock, Tamper, open, session_key, test_keyring};
-use tower_redis_sessions::{Record, RedisStore, SaveOutcome, SessionStore, StoreConfig, Token};
+use tower_redis_sessions::store::{Record, SaveOutcome, SessionStore, Token};
+use tower_redis_sessions::{RedisStore, StoreConfig};
 
 const SESSIONS: usize = 2_000;
 const CAP: usize = 100;

@@ -10,7 +10,8 @@ use std::time::Duration;
 use ciborium::Value;
 use common::stores::{session_key, test_keyring, unique_prefix};
 use common::{RedisCluster, RedisServer, ServerOptions};
-use tower_redis_sessions::{Record, RedisStore, SaveOutcome, SessionStore, StoreConfig, Token};
+use tower_redis_sessions::store::{Record, SaveOutcome, SessionStore, Token};
+use tower_redis_sessions::{RedisStore, StoreConfig};
 
 fn config(prefix: &str) -> StoreConfig {
     StoreConfig::new(test_keyring()).prefix(prefix)

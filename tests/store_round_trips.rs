@@ -21,9 +21,8 @@ use ciborium::Value;
 use common::monitor::{Monitor, Seen};
 use common::stores::{ManualClock, session_key, test_keyring, unique_prefix};
 use common::{CommandStats, RedisCluster, RedisServer};
-use tower_redis_sessions::{
-    Record, RedisStore, RetireOutcome, SaveOutcome, SessionStore, StoreConfig, Token,
-};
+use tower_redis_sessions::store::{Record, RetireOutcome, SaveOutcome, SessionStore, Token};
+use tower_redis_sessions::{RedisStore, StoreConfig};
 
 /// The servers under measurement: one, or every node of a cluster.
 struct Probe<'a> {

@@ -55,10 +55,10 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use tokio::net::TcpListener;
-use tower_redis_sessions::store::TlsConfig;
+use tower_redis_sessions::store::{SessionStore, TlsConfig};
 use tower_redis_sessions::{
     CookieConfig, Keyring, MIN_SECRET_LEN, MemoryStore, RedisStore, RedisStoreBuilder,
-    SessionLayer, SessionStore, StoreConfig,
+    SessionLayer, StoreConfig,
 };
 
 type BoxError = Box<dyn Error + Send + Sync>;

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tower_redis_sessions::TOKEN_LEN;
+use tower_redis_sessions::store::TOKEN_LEN;
 use tower_redis_sessions::fuzzing::parse_token;
 
 fuzz_target!(|data: &[u8]| {

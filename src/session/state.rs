@@ -42,8 +42,6 @@ pub(crate) struct Policy {
     pub(crate) idle_timeout: Option<Duration>,
     pub(crate) lifetime: Option<Duration>,
     pub(crate) retry: RetryPolicy,
-    /// Saves of one session by requests of this process take turns.
-    pub(crate) locks: Arc<super::turns::SaveLocks>,
 }
 
 /// How a save that met a concurrent writer retries, for
@@ -411,7 +409,7 @@ impl State {
     ) -> Result<(), SessionError> {
         let retry = &policy.retry;
         let _turn = match self.current.as_ref().filter(|c| c.is_dirty()) {
-            Some(c) if c.record.is_stored() => Some(policy.locks.turn(c.record.id).await),
+            Some(c) if c.record.is_stored() => Some(store.save_turn(c.record.id).await),
             _ => None,
         };
         let mut attempt = 0;
@@ -555,10 +553,7 @@ impl State {
         let Some(current) = self.current.as_mut() else {
             return Ok(());
         };
-        let next = current
-            .token
-            .renew()
-            .map_err(|e| StoreError::Random(e.to_string()))?;
+        let next = current.token.renew().map_err(StoreError::Random)?;
         if current.record.is_stored() {
             current.pending = Pending::Move(next);
         } else {

@@ -19,7 +19,6 @@ fn policy() -> Arc<Policy> {
             base: Duration::from_millis(1),
             cap: Duration::from_millis(4),
         },
-        locks: Default::default(),
     })
 }
 

@@ -3,12 +3,17 @@
 //! sealed blobs, with the semantics of the function library in `lua/`.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::codec::{Codec, Meta};
+use crate::envelope::{Codec, Meta};
 use crate::record::{Millis, Record, millis};
-use crate::store::{Clock, RetireOutcome, SaveOutcome, StoreConfig, StoreError};
-use crate::token::{KeySpace, SessionId, Tag, Token};
+use crate::store::keys::KeySpace;
+use crate::store::{
+    Clock, RetireOutcome, SaveLocks, SaveOutcome, SaveTurn, SessionStore, StoreConfig, StoreError,
+    StoreFuture,
+};
+use crate::token::{SessionId, Tag, Token};
 
 /// A stored session as a backend returns it: sealed, with its bookkeeping.
 pub(crate) struct Raw {
@@ -163,6 +168,8 @@ pub(crate) struct Core<B> {
     counters: Counters,
     nonce_base: u64,
     nonce_next: AtomicU64,
+    /// Saves of one session by requests of this process take turns.
+    locks: SaveLocks,
 }
 
 impl<B: Backend> Core<B> {
@@ -178,6 +185,7 @@ impl<B: Backend> Core<B> {
             counters: Counters::default(),
             nonce_base: getrandom::u64().unwrap_or_default(),
             nonce_next: AtomicU64::new(0),
+            locks: SaveLocks::default(),
         }
     }
 
@@ -203,12 +211,7 @@ impl<B: Backend> Core<B> {
     }
 
     pub(crate) fn new_token(&self, user: Option<&str>) -> Result<Token, StoreError> {
-        let tag = match user {
-            Some(user) => Ok(self.codec.keyring().user_route(user).0),
-            None => Tag::random(),
-        };
-        tag.and_then(Token::generate)
-            .map_err(|e| StoreError::Random(e.to_string()))
+        Ok(Token::new_for(self.codec.keyring(), user)?)
     }
 
     /// Opens a stored blob; `None` (with a warning that names neither token
@@ -416,77 +419,62 @@ fn nonce(base: u64, count: u64) -> String {
         .collect()
 }
 
-/// Implements [`SessionStore`](crate::SessionStore) for a type with a
-/// `core: Core<_>` field.
-macro_rules! delegate_store {
-    ($store:ty) => {
-        impl $crate::SessionStore for $store {
-            fn new_token(&self, user: Option<&str>) -> Result<$crate::Token, $crate::StoreError> {
-                self.core.new_token(user)
-            }
-            fn now(&self) -> $crate::Millis {
-                self.core.now()
-            }
-            fn load<'a>(
-                &'a self,
-                token: &'a $crate::Token,
-            ) -> $crate::store::StoreFuture<'a, Option<$crate::Record>> {
-                Box::pin(self.core.load(token))
-            }
-            fn save<'a>(
-                &'a self,
-                token: &'a $crate::Token,
-                record: &'a $crate::Record,
-            ) -> $crate::store::StoreFuture<'a, $crate::SaveOutcome> {
-                Box::pin(self.core.save(token, record))
-            }
-            fn rotate<'a>(
-                &'a self,
-                from: &'a $crate::Token,
-                to: &'a $crate::Token,
-                record: &'a $crate::Record,
-            ) -> $crate::store::StoreFuture<'a, $crate::SaveOutcome> {
-                Box::pin(self.core.rotate(from, to, record))
-            }
-            fn delete<'a>(
-                &'a self,
-                token: &'a $crate::Token,
-            ) -> $crate::store::StoreFuture<'a, bool> {
-                Box::pin(self.core.delete(token))
-            }
-            fn retire<'a>(
-                &'a self,
-                token: &'a $crate::Token,
-                version: u64,
-            ) -> $crate::store::StoreFuture<'a, $crate::RetireOutcome> {
-                Box::pin(self.core.retire(token, version))
-            }
-            fn list<'a>(
-                &'a self,
-                user: &'a str,
-                kind: Option<&'a str>,
-            ) -> $crate::store::StoreFuture<'a, Vec<$crate::Record>> {
-                Box::pin(self.core.list(user, kind))
-            }
-            fn revoke<'a>(
-                &'a self,
-                user: &'a str,
-                id: &'a $crate::SessionId,
-            ) -> $crate::store::StoreFuture<'a, bool> {
-                Box::pin(self.core.revoke(user, id))
-            }
-            fn revoke_all<'a>(
-                &'a self,
-                user: &'a str,
-                kind: Option<&'a str>,
-                keep: Option<&'a $crate::Token>,
-            ) -> $crate::store::StoreFuture<'a, u64> {
-                Box::pin(self.core.revoke_all(user, kind, keep))
-            }
-        }
-    };
+/// A store made of a [`Core`] over a backend: [`RedisStore`](crate::RedisStore)
+/// and [`MemoryStore`](crate::MemoryStore). Each gets [`SessionStore`] from
+/// the blanket implementation below, so the two cannot drift apart.
+pub(crate) trait HasCore: Send + Sync + 'static {
+    type Backend: Backend;
+    fn core(&self) -> &Core<Self::Backend>;
 }
-pub(crate) use delegate_store;
+
+impl<T: HasCore> SessionStore for T {
+    fn new_token(&self, user: Option<&str>) -> Result<Token, StoreError> {
+        self.core().new_token(user)
+    }
+    fn save_turn<'a>(
+        &'a self,
+        id: SessionId,
+    ) -> Pin<Box<dyn Future<Output = SaveTurn<'a>> + Send + 'a>> {
+        Box::pin(self.core().locks.turn(id))
+    }
+    fn now(&self) -> Millis {
+        self.core().now()
+    }
+    fn load<'a>(&'a self, token: &'a Token) -> StoreFuture<'a, Option<Record>> {
+        Box::pin(self.core().load(token))
+    }
+    fn save<'a>(&'a self, token: &'a Token, record: &'a Record) -> StoreFuture<'a, SaveOutcome> {
+        Box::pin(self.core().save(token, record))
+    }
+    fn rotate<'a>(
+        &'a self,
+        from: &'a Token,
+        to: &'a Token,
+        record: &'a Record,
+    ) -> StoreFuture<'a, SaveOutcome> {
+        Box::pin(self.core().rotate(from, to, record))
+    }
+    fn delete<'a>(&'a self, token: &'a Token) -> StoreFuture<'a, bool> {
+        Box::pin(self.core().delete(token))
+    }
+    fn retire<'a>(&'a self, token: &'a Token, version: u64) -> StoreFuture<'a, RetireOutcome> {
+        Box::pin(self.core().retire(token, version))
+    }
+    fn list<'a>(&'a self, user: &'a str, kind: Option<&'a str>) -> StoreFuture<'a, Vec<Record>> {
+        Box::pin(self.core().list(user, kind))
+    }
+    fn revoke<'a>(&'a self, user: &'a str, id: &'a SessionId) -> StoreFuture<'a, bool> {
+        Box::pin(self.core().revoke(user, id))
+    }
+    fn revoke_all<'a>(
+        &'a self,
+        user: &'a str,
+        kind: Option<&'a str>,
+        keep: Option<&'a Token>,
+    ) -> StoreFuture<'a, u64> {
+        Box::pin(self.core().revoke_all(user, kind, keep))
+    }
+}
 
 #[cfg(test)]
 mod tests {

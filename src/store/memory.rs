@@ -6,9 +6,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use crate::Keyring;
 use crate::record::Millis;
-use crate::store::core::{
-    Backend, Core, Raw, RawRetire, RawSave, StoreStats, Write, delegate_store,
-};
+use crate::store::core::{Backend, Core, HasCore, Raw, RawRetire, RawSave, StoreStats, Write};
 use crate::store::{StoreConfig, StoreError};
 use crate::token::Token;
 
@@ -22,7 +20,8 @@ use crate::token::Token;
 /// sessions are dropped as they are met, and swept every 1024 saves.
 ///
 /// ```
-/// use tower_redis_sessions::{MemoryStore, Record, SaveOutcome, SessionStore};
+/// use tower_redis_sessions::MemoryStore;
+/// use tower_redis_sessions::store::{Record, SaveOutcome, SessionStore};
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), tower_redis_sessions::StoreError> {
@@ -39,7 +38,12 @@ pub struct MemoryStore {
     core: Core<MemoryBackend>,
 }
 
-delegate_store!(MemoryStore);
+impl HasCore for MemoryStore {
+    type Backend = MemoryBackend;
+    fn core(&self) -> &Core<MemoryBackend> {
+        &self.core
+    }
+}
 
 impl MemoryStore {
     /// A store with the given configuration.
@@ -146,15 +150,11 @@ impl Entry {
     }
 }
 
+/// The stored fields' deadline, `Millis::MAX` for none (0 means "none" in
+/// the hash's fields, as in the Lua library).
 fn deadline(seen: Millis, idle: u64, absolute: Millis) -> Millis {
-    let mut d = Millis::MAX;
-    if idle > 0 {
-        d = seen.saturating_add(idle);
-    }
-    if absolute > 0 && absolute < d {
-        d = absolute;
-    }
-    d
+    let some = |n: u64| (n > 0).then_some(n);
+    crate::record::deadline(seen, some(idle), some(absolute)).unwrap_or(Millis::MAX)
 }
 
 #[derive(Default)]
@@ -284,7 +284,7 @@ impl State {
 }
 
 #[derive(Default)]
-struct MemoryBackend {
+pub(crate) struct MemoryBackend {
     state: Mutex<State>,
 }
 

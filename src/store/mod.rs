@@ -32,24 +32,31 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::codec::Keyring;
-use crate::record::{Millis, Record};
-use crate::token::{SessionId, Token};
+use crate::keyring::Keyring;
+use crate::token::RandomError;
 
 #[cfg(feature = "tls-rustls")]
 mod cluster_tls;
 pub(crate) mod core;
+pub(crate) mod keys;
 mod library;
 mod memory;
 mod pool;
 mod redis;
+mod reply;
 mod sentinel;
 mod tls;
+mod turns;
 
+pub use self::core::StoreStats;
 pub use self::memory::MemoryStore;
 pub use self::redis::preload::{LibraryMode, library_name, library_source};
 pub use self::redis::{RedisStore, RedisStoreBuilder};
 pub use self::tls::TlsConfig;
+pub(crate) use self::turns::SaveLocks;
+pub use self::turns::SaveTurn;
+pub use crate::record::{Data, Millis, Record};
+pub use crate::token::{SessionId, TOKEN_LEN, Token, TokenError};
 
 /// The future every [`SessionStore`] method returns.
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
@@ -60,8 +67,27 @@ pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>>
 /// Each method is one round trip to the backing store.
 pub trait SessionStore: Send + Sync + 'static {
     /// A fresh token. For a user it carries the user's routing tag, so that
-    /// the session lands in the same hash slot as the user's other sessions.
+    /// the session lands in the same hash slot as the user's other sessions
+    /// ([`Token::new_for`] makes one from the store's keyring).
     fn new_token(&self, user: Option<&str>) -> Result<Token, StoreError>;
+
+    /// Waits for this process's turn to save the session `id`, and holds it
+    /// until the returned guard drops.
+    ///
+    /// Concurrent requests of one session in one process would otherwise all
+    /// send their saves at once, and all but one would conflict, again and
+    /// again; taking turns, a save meets at most one conflict from its own
+    /// process. The turns belong to the store, so layers sharing a store
+    /// share them. The default takes no turn (every save goes at once):
+    /// correct, only more conflicts; a store that wraps another should
+    /// delegate.
+    fn save_turn<'a>(
+        &'a self,
+        id: SessionId,
+    ) -> Pin<Box<dyn Future<Output = SaveTurn<'a>> + Send + 'a>> {
+        let _ = id;
+        Box::pin(std::future::ready(SaveTurn::none()))
+    }
 
     /// The store's clock, in milliseconds since the Unix epoch.
     fn now(&self) -> Millis;
@@ -164,9 +190,10 @@ pub enum StoreError {
     /// Redis did not answer within the command timeout.
     #[error("session store did not answer within {0:?}")]
     Timeout(Duration),
-    /// Redis answered with an error, or with a reply of an unexpected shape.
+    /// The backend answered with an error, or with a reply of an unexpected
+    /// shape (for [`RedisStore`], the source is a `redis::RedisError`).
     #[error("session store error: {0}")]
-    Redis(#[source] deadpool_redis::redis::RedisError),
+    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// The sealed record would exceed [`StoreConfig::max_sealed_size`];
     /// nothing was written.
     #[error("sealed session is {size} bytes, over the limit of {max} bytes")]
@@ -182,7 +209,7 @@ pub enum StoreError {
     Invalid(&'static str),
     /// The operating system's random number generator failed.
     #[error("could not generate a session token: {0}")]
-    Random(String),
+    Random(#[from] RandomError),
     /// The connection settings are unusable (for instance, a malformed URL).
     #[error("invalid session store configuration: {0}")]
     Config(String),

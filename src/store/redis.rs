@@ -8,11 +8,10 @@ use deadpool_redis::redis::{self, Cmd, ErrorKind, FromRedisValue, RedisError, Va
 use deadpool_redis::{PoolConfig, Runtime};
 
 use crate::record::Millis;
-use crate::store::core::{
-    Backend, Core, Raw, RawRetire, RawSave, StoreStats, Write, delegate_store,
-};
+use crate::store::core::{Backend, Core, HasCore, Raw, RawRetire, RawSave, StoreStats, Write};
 use crate::store::library::Library;
 use crate::store::pool::{CallError, Connections, Pool, Timeouts};
+use crate::store::reply::{Listed, Loaded};
 use crate::store::sentinel::{self, NodeAuth};
 use crate::store::tls::{self, TlsConfig};
 use crate::store::{StoreConfig, StoreError};
@@ -100,7 +99,12 @@ pub struct RedisStore {
     core: Core<RedisBackend>,
 }
 
-delegate_store!(RedisStore);
+impl HasCore for RedisStore {
+    type Backend = RedisBackend;
+    fn core(&self) -> &Core<RedisBackend> {
+        &self.core
+    }
+}
 
 impl RedisStore {
     /// Connects to the Redis at `url` with default settings.
@@ -395,7 +399,7 @@ impl RedisStoreBuilder {
     }
 }
 
-struct RedisBackend {
+pub(crate) struct RedisBackend {
     conns: Connections,
     library: Library,
     mode: LibraryMode,
@@ -466,11 +470,10 @@ impl RedisBackend {
             .arg(w.kind)
             .arg(w.nonce)
             .arg(w.cap);
-        let reply: Value = self.fcall(cmd).await?;
+        let reply: RawSave = self.fcall(cmd).await?;
         // A write went through: a later OOM starts a new episode.
         self.out_of_memory.store(false, Ordering::Relaxed);
-        parse_save(reply)
-            .ok_or_else(|| unexpected("unexpected reply from the session save function"))
+        Ok(reply)
     }
 
     /// Notes an `OOM` refusal; the first of an episode is logged.
@@ -506,7 +509,7 @@ impl RedisBackend {
                 None if is_missing_function(&e) => StoreError::Unavailable(format!(
                     "session function library missing in Redis: {e}"
                 )),
-                None => StoreError::Redis(e),
+                None => StoreError::Backend(Box::new(e)),
             },
         }
     }
@@ -605,84 +608,17 @@ fn fcall(name: &str, keys: &[&str], args: usize, data: usize) -> Cmd {
 /// Room for a decimal u64 argument.
 const NUM: usize = 20;
 
-/// `{version, blob, last seen}` or nil. The blob is moved out of the reply,
-/// not copied.
-fn parse_load(reply: Value) -> Option<Option<Raw>> {
-    let items = match reply {
-        Value::Nil => return Some(None),
-        Value::Array(items) => items,
-        _ => return None,
-    };
-    let mut items = items.into_iter();
-    let version = u64::from_redis_value(items.next()?).ok()?;
-    let Value::BulkString(blob) = items.next()? else {
-        return None;
-    };
-    let last_seen = u64::from_redis_value(items.next()?).ok()?;
-    Some(Some(Raw {
-        version,
-        blob,
-        last_seen,
-    }))
-}
-
 /// The number and total size of the arguments [`RedisBackend::write`] adds.
 fn write_size(w: &Write<'_>) -> (usize, usize) {
     (8, 5 * NUM + w.blob.len() + w.kind.len() + w.nonce.len())
-}
-
-/// `{'saved', v}`, `{'conflict', v, blob, last seen}`, `{'gone'}` or
-/// `{'taken'}`.
-fn parse_save(reply: Value) -> Option<RawSave> {
-    let Value::Array(items) = reply else {
-        return None;
-    };
-    let mut items = items.into_iter();
-    let tag = String::from_redis_value(items.next()?).ok()?;
-    match tag.as_str() {
-        "saved" => Some(RawSave::Saved(u64::from_redis_value(items.next()?).ok()?)),
-        "conflict" => Some(RawSave::Conflict(parse_conflict(&mut items)?)),
-        "gone" => Some(RawSave::Gone),
-        "taken" => Some(RawSave::Taken),
-        _ => None,
-    }
-}
-
-/// `{'deleted'}`, `{'conflict', v, blob, last seen}` or `{'gone'}`.
-fn parse_retire(reply: Value) -> Option<RawRetire> {
-    let Value::Array(items) = reply else {
-        return None;
-    };
-    let mut items = items.into_iter();
-    let tag = String::from_redis_value(items.next()?).ok()?;
-    match tag.as_str() {
-        "deleted" => Some(RawRetire::Deleted),
-        "conflict" => Some(RawRetire::Conflict(parse_conflict(&mut items)?)),
-        "gone" => Some(RawRetire::Gone),
-        _ => None,
-    }
-}
-
-/// The `version, blob, last seen` after a `'conflict'` tag.
-fn parse_conflict(items: &mut impl Iterator<Item = Value>) -> Option<Raw> {
-    Some(Raw {
-        version: u64::from_redis_value(items.next()?).ok()?,
-        blob: Vec::<u8>::from_redis_value(items.next()?).ok()?,
-        last_seen: u64::from_redis_value(items.next()?).ok()?,
-    })
-}
-
-fn unexpected(what: &'static str) -> StoreError {
-    StoreError::Redis(RedisError::from((ErrorKind::UnexpectedReturnType, what)))
 }
 
 impl Backend for RedisBackend {
     async fn load(&self, key: &str, now: Millis, touch: u64) -> Result<Option<Raw>, StoreError> {
         let mut cmd = fcall(&self.library.load, &[key], 2, 2 * NUM);
         cmd.arg(now).arg(touch);
-        let reply: Value = self.fcall(cmd).await?;
-        parse_load(reply)
-            .ok_or_else(|| unexpected("unexpected reply from the session load function"))
+        let Loaded(raw) = self.fcall(cmd).await?;
+        Ok(raw)
     }
 
     async fn save(&self, w: Write<'_>) -> Result<RawSave, StoreError> {
@@ -713,9 +649,7 @@ impl Backend for RedisBackend {
     async fn retire(&self, key: &str, expected: u64, now: Millis) -> Result<RawRetire, StoreError> {
         let mut cmd = fcall(&self.library.retire, &[key], 2, 2 * NUM);
         cmd.arg(expected).arg(now);
-        let reply: Value = self.fcall(cmd).await?;
-        parse_retire(reply)
-            .ok_or_else(|| unexpected("unexpected reply from the session retire function"))
+        self.fcall(cmd).await
     }
 
     async fn list(
@@ -727,19 +661,10 @@ impl Backend for RedisBackend {
     ) -> Result<Vec<(String, Raw)>, StoreError> {
         let mut cmd = fcall(&self.library.list, &[index], 3, 3 * NUM);
         cmd.arg(now).arg(kind.unwrap_or("")).arg(limit);
-        let rows: Vec<(String, u64, Vec<u8>, u64)> = self.fcall(cmd).await?;
+        let rows: Vec<Listed> = self.fcall(cmd).await?;
         Ok(rows
             .into_iter()
-            .map(|(key, version, blob, last_seen)| {
-                (
-                    key,
-                    Raw {
-                        version,
-                        blob,
-                        last_seen,
-                    },
-                )
-            })
+            .map(|Listed(key, raw)| (key, raw))
             .collect())
     }
 

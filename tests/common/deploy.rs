@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use tower_redis_sessions::{Record, SaveOutcome, SessionStore, StoreError};
+use tower_redis_sessions::StoreError;
+use tower_redis_sessions::store::{Record, SaveOutcome, SessionStore};
 
 /// Save, load, list, revoke and load again, for a fresh session of `user`:
 /// every function of the library runs once at least.

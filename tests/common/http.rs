@@ -27,9 +27,9 @@ use reqwest::header::{COOKIE, SET_COOKIE};
 use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+use tower_redis_sessions::store::{SessionStore, Token};
 use tower_redis_sessions::{
-    CookieConfig, Keyring, MemoryStore, RedisStore, SessionLayer, SessionStore, StoreConfig,
-    StoreStats, Token,
+    CookieConfig, Keyring, MemoryStore, RedisStore, SessionLayer, StoreConfig, StoreStats,
 };
 
 use crate::common::{CommandStats, RedisCluster, RedisServer};

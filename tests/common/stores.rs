@@ -10,9 +10,8 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use tower_redis_sessions::{
-    Keyring, MemoryStore, Millis, Record, RedisStore, SessionStore, StoreConfig, StoreStats, Token,
-};
+use tower_redis_sessions::store::{Millis, Record, SessionStore, Token};
+use tower_redis_sessions::{Keyring, MemoryStore, RedisStore, StoreConfig, StoreStats};
 
 use super::{RedisCluster, RedisServer, Reply, shared_cluster, shared_server};
 

@@ -122,9 +122,13 @@ impl RedisBackend {
     /// at start-up a configuration error, later a 503.
     fn explain(&self, error: StoreError, phase: Phase) -> StoreError {
         let name = &self.library.name;
-        let message = match &error {
-            StoreError::Config(message) => message.clone(),
-            StoreError::Redis(e) if is_no_perm(e) => match self.mode {
+        let redis_error = match &error {
+            StoreError::Backend(e) => e.downcast_ref::<RedisError>(),
+            _ => None,
+        };
+        let message = match (&error, redis_error) {
+            (StoreError::Config(message), _) => message.clone(),
+            (_, Some(e)) if is_no_perm(e) => match self.mode {
                 LibraryMode::Load => format!(
                     "the Redis user may not load the session function library `{name}` ({e}): \
                      grant it `+function|load`, or {HOW_TO_LOAD} and run the store with \
@@ -137,7 +141,7 @@ impl RedisBackend {
                      `+function|list`"
                 ),
             },
-            StoreError::Redis(e) if is_unknown_command(e) => format!(
+            (_, Some(e)) if is_unknown_command(e) => format!(
                 "Redis refuses the FUNCTION command ({}): the session store needs Redis >= 7 with \
                  FUNCTION enabled ({} in library mode {:?}); ask for it to be enabled (not renamed)",
                 short(e),

@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! redis-server --port 47390 --save '' &
-//! cargo build --release -p bench --example store_ops
+//! cargo build --release -p loadtest --example store_ops
 //! valgrind --tool=callgrind target/release/examples/store_ops redis://127.0.0.1:47390 load 0
 //! valgrind --tool=callgrind target/release/examples/store_ops redis://127.0.0.1:47390 load 20000
 //! ```
@@ -18,9 +18,8 @@
 
 use std::time::Duration;
 
-use tower_redis_sessions::{
-    Keyring, Record, RedisStore, SaveOutcome, SessionStore, StoreConfig, Token,
-};
+use tower_redis_sessions::store::{Record, SaveOutcome, SessionStore, Token};
+use tower_redis_sessions::{Keyring, RedisStore, StoreConfig};
 
 const SESSIONS: usize = 256;
 

@@ -1,4 +1,5 @@
-//! Turns for saving a session, within one process.
+//! Turns for saving a session, within one process: see
+//! [`SessionStore::save_turn`](crate::store::SessionStore::save_turn).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -28,11 +29,27 @@ impl std::fmt::Debug for SaveLocks {
     }
 }
 
-/// A session's turn to save; released (and forgotten if nobody waits) on drop.
-pub(crate) struct SaveTurn<'a> {
-    locks: &'a SaveLocks,
-    id: SessionId,
-    turn: Option<OwnedMutexGuard<()>>,
+/// A session's turn to save, from
+/// [`SessionStore::save_turn`](crate::store::SessionStore::save_turn);
+/// released (and forgotten if nobody waits) on drop.
+#[must_use = "the turn is released when this guard drops"]
+pub struct SaveTurn<'a> {
+    held: Option<(&'a SaveLocks, SessionId, OwnedMutexGuard<()>)>,
+}
+
+impl SaveTurn<'_> {
+    /// No turn at all: for stores whose saves need none.
+    pub fn none() -> SaveTurn<'static> {
+        SaveTurn { held: None }
+    }
+}
+
+impl std::fmt::Debug for SaveTurn<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SaveTurn")
+            .field("held", &self.held.is_some())
+            .finish()
+    }
 }
 
 impl SaveLocks {
@@ -46,23 +63,21 @@ impl SaveLocks {
         let lock = self.table().entry(id).or_default().clone();
         let turn = lock.lock_owned().await;
         SaveTurn {
-            locks: self,
-            id,
-            turn: Some(turn),
+            held: Some((self, id, turn)),
         }
     }
 }
 
 impl Drop for SaveTurn<'_> {
     fn drop(&mut self) {
-        let mut table = self.locks.table();
-        drop(self.turn.take());
+        let Some((locks, id, turn)) = self.held.take() else {
+            return;
+        };
+        let mut table = locks.table();
+        drop(turn);
         // Only the table holds it now: nobody waits, forget it.
-        if table
-            .get(&self.id)
-            .is_some_and(|l| Arc::strong_count(l) == 1)
-        {
-            table.remove(&self.id);
+        if table.get(&id).is_some_and(|l| Arc::strong_count(l) == 1) {
+            table.remove(&id);
         }
     }
 }

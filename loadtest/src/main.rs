@@ -1,7 +1,7 @@
 //! Load harness: this crate against tower-sessions and the Redis floor.
 //!
 //! ```text
-//! cargo run --release -p bench -- --duration 5 --rounds 3 --connections 16
+//! cargo run --release -p loadtest -- --duration 5 --rounds 3 --connections 16
 //! ```
 //!
 //! Starts its own `redis-server` (free loopback port, no persistence), serves
@@ -29,7 +29,7 @@ use crate::redis_server::{
 };
 
 const USAGE: &str = "\
-usage: cargo run --release -p bench -- [options]
+usage: cargo run --release -p loadtest -- [options]
 
   --duration SECS      measured seconds per server, scenario and round (default 5)
   --warmup SECS        unmeasured load before each measurement (default 1)
