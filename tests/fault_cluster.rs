@@ -47,10 +47,10 @@ fn keys_in_slot(node: &RedisServer, slot: u16) -> Vec<String> {
 }
 
 async fn incr(browser: &Browser) -> i64 {
-    let r = browser.post("/api/incr/n").await;
-    assert_eq!(r.status(), 200);
-    let body: Value = r.json().await.unwrap();
-    body["value"].as_i64().unwrap()
+    match browser.incr("n").await {
+        (200, Some(value)) => value,
+        other => panic!("increment answered {other:?}"),
+    }
 }
 
 /// A logged-in session (its key and its user's index share the slot) moves

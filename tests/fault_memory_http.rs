@@ -10,25 +10,18 @@ mod faults;
 mod http;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use serde_json::json;
 use tower_redis_sessions::RedisStore;
 
 use common::RedisServer;
-use faults::demo_on;
-use http::{Browser, Server};
+use faults::{DemoApp, demo_over};
+use http::Browser;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_maxmemory_writes_are_503_and_reads_logout_and_revocation_work() {
     let server = RedisServer::start();
-    let prefix = http::unique_prefix("oom-http");
-    let store = Arc::new(
-        RedisStore::connect(&server.url(), http::config(&prefix))
-            .await
-            .unwrap(),
-    );
-    let web = Server::start(demo_on(&store)).await;
+    let DemoApp { web, .. } = demo_over(&server.url(), "oom-http", RedisStore::builder).await;
     let a = Browser::new(&web);
     a.login("ada").await;
     let b = Browser::new(&web);

@@ -22,7 +22,8 @@ use tower_redis_sessions::{RedisStore, StoreError};
 
 use common::RedisServer;
 use faults::{
-    FAST, Log, LossyProxy, SLACK, demo_on, has_library, max_latency, sent_between, statuses,
+    DemoApp, FAST, Log, LossyProxy, SLACK, demo_on, demo_over, has_library, max_latency,
+    sent_between, statuses,
 };
 use http::{Browser, Server};
 
@@ -169,14 +170,8 @@ async fn increment_loop(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_dies_under_traffic_and_the_service_recovers_when_it_restarts() {
     let mut server = RedisServer::start();
-    let store = Arc::new(
-        FAST.builder(http::config(&http::unique_prefix("dies")))
-            .pool_size(4)
-            .connect(&server.url())
-            .await
-            .unwrap(),
-    );
-    let web = Server::start(demo_on(&store)).await;
+    let DemoApp { store, web, .. } =
+        demo_over(&server.url(), "dies", |c| FAST.builder(c).pool_size(4)).await;
     let log = Log::new();
     let running = Arc::new(AtomicBool::new(true));
 
@@ -309,14 +304,10 @@ async fn library_flushed_under_load() {
     const FLUSHES: usize = 5;
     let server = RedisServer::start();
     // Default timeouts: this test is about the library, not about latency.
-    let store = Arc::new(
-        RedisStore::builder(http::config(&http::unique_prefix("flush")))
-            .pool_size(4)
-            .connect(&server.url())
-            .await
-            .unwrap(),
-    );
-    let web = Server::start(demo_on(&store)).await;
+    let DemoApp { store, web, .. } = demo_over(&server.url(), "flush", |c| {
+        RedisStore::builder(c).pool_size(4)
+    })
+    .await;
     let log = Log::new();
     let running = Arc::new(AtomicBool::new(true));
     let mut clients = JoinSet::new();
@@ -414,18 +405,6 @@ async fn library_flushed_under_load() {
     }
 }
 
-/// `POST /api/incr/n`: the status and, for a 200, the value.
-async fn incr(browser: &Browser) -> (u16, Option<i64>) {
-    let r = browser.post("/api/incr/n").await;
-    let status = r.status().as_u16();
-    let value = if status == 200 {
-        r.json::<Value>().await.unwrap()["value"].as_i64()
-    } else {
-        None
-    };
-    (status, value)
-}
-
 /// The lock version Redis holds for `browser`'s session.
 fn stored_version(server: &RedisServer, prefix: &str, browser: &Browser) -> String {
     let key = http::session_key(prefix, &browser.token().unwrap());
@@ -439,15 +418,8 @@ async fn behind_lossy_proxy(
 ) -> (RedisServer, LossyProxy, String, Arc<RedisStore>, Server) {
     let server = RedisServer::start();
     let proxy = LossyProxy::start(server.port()).await;
-    let prefix = http::unique_prefix(name);
-    let store = Arc::new(
-        FAST.builder(http::config(&prefix))
-            .pool_size(1)
-            .connect(&proxy.url())
-            .await
-            .unwrap(),
-    );
-    let web = Server::start(demo_on(&store)).await;
+    let DemoApp { store, web, prefix } =
+        demo_over(&proxy.url(), name, |c| FAST.builder(c).pool_size(1)).await;
     (server, proxy, prefix, store, web)
 }
 
@@ -460,11 +432,11 @@ async fn behind_lossy_proxy(
 async fn lost_reply_to_a_save_is_retried_and_applied_once() {
     let (server, proxy, prefix, store, web) = behind_lossy_proxy("lost").await;
     let a = Browser::new(&web);
-    assert_eq!(incr(&a).await, (200, Some(1)));
+    assert_eq!(a.incr("n").await, (200, Some(1)));
     let save = format!("{}_save", store.library_name());
     for round in 2..=4 {
         proxy.lose_reply_to(&save, 0);
-        assert_eq!(incr(&a).await, (200, Some(round)));
+        assert_eq!(a.incr("n").await, (200, Some(round)));
         assert_eq!(proxy.lost() as i64, round - 1, "a reply was lost");
     }
     assert_eq!(
@@ -486,9 +458,9 @@ async fn lost_reply_to_a_save_is_retried_and_applied_once() {
 async fn lost_reply_with_redis_unreachable_is_a_503_of_unknown_outcome() {
     let (server, proxy, prefix, store, web) = behind_lossy_proxy("unknown").await;
     let a = Browser::new(&web);
-    assert_eq!(incr(&a).await, (200, Some(1)));
+    assert_eq!(a.incr("n").await, (200, Some(1)));
     proxy.lose_reply_to(&format!("{}_save", store.library_name()), 100);
-    assert_eq!(incr(&a).await, (503, None));
+    assert_eq!(a.incr("n").await, (503, None));
     assert_eq!(proxy.lost(), 1);
     proxy.heal();
     assert_eq!(
@@ -496,7 +468,7 @@ async fn lost_reply_with_redis_unreachable_is_a_503_of_unknown_outcome() {
         json!({ "user": null, "data": { "n": 2 } }),
         "Redis applied the write whose answer was a 503"
     );
-    assert_eq!(incr(&a).await, (200, Some(3)));
+    assert_eq!(a.incr("n").await, (200, Some(3)));
     assert_eq!(stored_version(&server, &prefix, &a), "3");
 }
 
@@ -509,14 +481,10 @@ async fn lost_reply_with_redis_unreachable_is_a_503_of_unknown_outcome() {
 async fn library_flush_storm_gives_503_never_500() {
     const CLIENTS: usize = 8;
     let server = RedisServer::start();
-    let store = Arc::new(
-        RedisStore::builder(http::config(&http::unique_prefix("storm")))
-            .pool_size(4)
-            .connect(&server.url())
-            .await
-            .unwrap(),
-    );
-    let web = Server::start(demo_on(&store)).await;
+    let DemoApp { web, .. } = demo_over(&server.url(), "storm", |c| {
+        RedisStore::builder(c).pool_size(4)
+    })
+    .await;
     let log = Log::new();
     let running = Arc::new(AtomicBool::new(true));
     let mut clients = JoinSet::new();

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ciborium::Value as Cbor;
-use serde_json::{Value, json};
+use serde_json::json;
 use tower_redis_sessions::store::{Record, SaveOutcome, SessionStore};
 use tower_redis_sessions::{CookieConfig, Keyring, RedisStore, SessionLayer, StoreConfig};
 
@@ -183,7 +183,7 @@ async fn a_lost_increment_is_counted_once_through_the_layer() {
         ))
         .await;
     let a = Browser::new(&web_a);
-    assert_eq!(incr(&a).await, (200, Some(1)));
+    assert_eq!(a.incr("n").await, (200, Some(1)));
     let b = Browser::new(&web_b);
     b.set_token(&a.token().unwrap());
 
@@ -191,11 +191,11 @@ async fn a_lost_increment_is_counted_once_through_the_layer() {
     proxy.hold_next_connection_after_loss();
     let first = {
         let a = a.clone();
-        tokio::spawn(async move { incr(&a).await })
+        tokio::spawn(async move { a.incr("n").await })
     };
     proxy.wait_held(1).await;
     assert_eq!(
-        incr(&b).await,
+        b.incr("n").await,
         (200, Some(3)),
         "B saw A's applied increment"
     );
@@ -210,16 +210,4 @@ async fn a_lost_increment_is_counted_once_through_the_layer() {
         json!({ "user": null, "data": { "n": 3 } }),
         "two increments, counted once each"
     );
-}
-
-/// `POST /api/incr/n`: the status and, for a 200, the value.
-async fn incr(browser: &Browser) -> (u16, Option<i64>) {
-    let r = browser.post("/api/incr/n").await;
-    let status = r.status().as_u16();
-    let value = if status == 200 {
-        r.json::<Value>().await.unwrap()["value"].as_i64()
-    } else {
-        None
-    };
-    (status, value)
 }

@@ -12,26 +12,20 @@ mod http;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::sync::Barrier;
 use tokio::task::JoinSet;
 use tower_redis_sessions::StoreError;
 use tower_redis_sessions::store::{Record, SaveOutcome, SessionStore};
 
 use common::{RedisServer, ServerOptions};
-use faults::{FAST, Log, SLACK, Timeouts, demo_on, max_latency, statuses};
-use http::{Browser, Server};
+use faults::{DemoApp, FAST, Log, SLACK, Timeouts, demo_over, max_latency, statuses};
+use http::Browser;
 
 /// `POST /api/incr/n` through `browser`, returning the status and the value.
 async fn incr(log: &Log, name: &str, browser: &Browser) -> (u16, Option<i64>) {
-    let (status, response) = log.request(name, browser.post("/api/incr/n")).await;
-    let value = if status == 200 {
-        let body: Value = response.json().await.unwrap();
-        body["value"].as_i64()
-    } else {
-        None
-    };
-    (status, value)
+    let (_, response) = log.request(name, browser.post("/api/incr/n")).await;
+    http::incr_answer(response).await
 }
 
 /// `CLIENT PAUSE <ms> ALL`; returns when Redis has acknowledged it (from
@@ -51,14 +45,8 @@ fn pause(server: &RedisServer, ms: u64) {
 async fn paused_redis_gives_503_within_the_timeouts() {
     const PAUSE: Duration = Duration::from_millis(3000);
     let server = RedisServer::start();
-    let store = Arc::new(
-        FAST.builder(http::config(&http::unique_prefix("pause")))
-            .pool_size(2)
-            .connect(&server.url())
-            .await
-            .unwrap(),
-    );
-    let web = Server::start(demo_on(&store)).await;
+    let DemoApp { web, .. } =
+        demo_over(&server.url(), "pause", |c| FAST.builder(c).pool_size(2)).await;
     let log = Log::new();
     let browsers: Vec<Browser> = (0..4).map(|_| Browser::new(&web)).collect();
     for b in &browsers {
@@ -205,16 +193,10 @@ async fn saturated_store_waits_at_most_the_wait_timeout() {
         ..FAST
     };
     let server = RedisServer::start();
-    let store = Arc::new(
-        timeouts
-            .builder(http::config(&http::unique_prefix("busy")))
-            .pool_size(1)
-            .max_in_flight(1)
-            .connect(&server.url())
-            .await
-            .unwrap(),
-    );
-    let web = Server::start(demo_on(&store)).await;
+    let DemoApp { store, web, .. } = demo_over(&server.url(), "busy", |c| {
+        timeouts.builder(c).pool_size(1).max_in_flight(1)
+    })
+    .await;
     let log = Log::new();
     let browsers: Vec<Browser> = (0..CLIENTS).map(|_| Browser::new(&web)).collect();
     for b in &browsers {

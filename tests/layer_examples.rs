@@ -13,12 +13,10 @@ mod http;
 #[path = "../examples/hyper_service.rs"]
 #[allow(dead_code)]
 mod hyper_service;
+#[path = "common/process.rs"]
+mod process;
 
-use std::io::{BufRead, BufReader, Read};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use reqwest::cookie::Jar;
@@ -27,6 +25,7 @@ use tokio::net::TcpListener;
 use tower_redis_sessions::{CookieConfig, MemoryStore, RedisStore, SessionLayer};
 
 use http::{bare_client, client_builder, session_cookie};
+use process::{App, pid_alive};
 
 // ------------------------------------------------------------- hyper example
 
@@ -97,148 +96,7 @@ async fn hyper_service_in_process_redis() {
 
 // ----------------------------------------------------------- the binaries
 
-/// A compiled example, next to this test binary.
-fn example(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    // target/<profile>/deps/<test binary>
-    let profile_dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
-    let path = profile_dir.join("examples").join(name);
-    assert!(
-        path.is_file(),
-        "{} is not built: `cargo test` builds the examples, `cargo test --test \
-         layer_examples` alone does not (run `cargo build --examples --all-features`)",
-        path.display()
-    );
-    path
-}
-
-/// A running example binary; killed on drop.
-struct Running {
-    child: Child,
-    stdout: mpsc::Receiver<String>,
-    stderr: Arc<Mutex<String>>,
-}
-
-impl Running {
-    fn start(name: &str, env: &[(&str, &str)], clear: &[&str]) -> Running {
-        let mut command = Command::new(example(name));
-        for var in clear {
-            command.env_remove(var);
-        }
-        command
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = command.spawn().unwrap();
-        let (tx, stdout) = mpsc::channel();
-        let out = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let err = child.stderr.take().unwrap();
-        let sink = stderr.clone();
-        std::thread::spawn(move || {
-            let mut reader = BufReader::new(err);
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = reader.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
-        Running {
-            child,
-            stdout,
-            stderr,
-        }
-    }
-
-    /// The address from the `listening on http://<addr>` line.
-    fn wait_listening(&self) -> String {
-        let line = self
-            .stdout
-            .recv_timeout(Duration::from_secs(30))
-            .unwrap_or_else(|_| panic!("no `listening on` line; stderr:\n{}", self.stderr()));
-        let addr = line
-            .strip_prefix("listening on http://")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
-        let port: u16 = addr.rsplit(':').next().unwrap().parse().unwrap();
-        assert_ne!(port, 0, "the actual port, not the requested 0");
-        format!("http://{addr}")
-    }
-
-    fn stderr(&self) -> String {
-        self.stderr.lock().unwrap().clone()
-    }
-
-    /// Stderr once it contains `text` (it comes through its own pipe, so it
-    /// may trail the stdout line); panics after a generous timeout.
-    fn stderr_with(&self, text: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let stderr = self.stderr();
-            if stderr.contains(text) {
-                return stderr;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "stderr never said {text:?}:\n{stderr}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .args([format!("-{signal}"), self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-
-    /// Waits (generously) for the process to exit; its exit code.
-    fn wait_exit(&mut self) -> Option<i32> {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                // Let the reader threads drain the pipes.
-                std::thread::sleep(Duration::from_millis(50));
-                return status.code();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "did not exit; stderr:\n{}",
-                self.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 const SECRET: &str = "an example secret of at least thirty-two bytes";
-
-fn pid_alive(pid: u32) -> bool {
-    std::path::Path::new(&format!("/proc/{pid}")).exists()
-        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .is_ok_and(|stat| stat.split(' ').nth(2) == Some("Z"))
-}
 
 /// The demo's JSON API through a cookie jar; returns the session cookie
 /// the first write set.
@@ -287,7 +145,7 @@ async fn exercise_demo(base: &str) -> cookie::Cookie<'static> {
 
 #[test]
 fn hyper_service_binary_serves_a_session() {
-    let running = Running::start("hyper_service", &[("BIND", "127.0.0.1:0")], &["REDIS_URL"]);
+    let running = App::start("hyper_service", &[("BIND", "127.0.0.1:0")], &["REDIS_URL"]);
     let base = running.wait_listening();
     tokio::runtime::Runtime::new()
         .unwrap()
@@ -297,7 +155,7 @@ fn hyper_service_binary_serves_a_session() {
 #[test]
 fn demo_binary_on_redis_url() {
     let prefix_probe = common::shared_server();
-    let mut running = Running::start(
+    let mut running = App::start(
         "demo",
         &[
             ("BIND", "127.0.0.1:0"),
@@ -313,16 +171,36 @@ fn demo_binary_on_redis_url() {
     assert_eq!(cookie.http_only(), Some(true));
     let stderr = running.stderr_with("session store: Redis at redis://127.0.0.1:");
     assert!(!stderr.contains("WARNING"), "a secret was given: {stderr}");
+    // The counters, as JSON, from the same store the layer uses.
+    let metrics: Value = rt.block_on(async {
+        bare_client()
+            .get(format!("{base}/api/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    });
+    assert!(metrics["operations"].as_u64().unwrap() >= 3, "{metrics}");
+    for counter in [
+        "unavailable",
+        "conflicts",
+        "revivals_blocked",
+        "rejected_blobs",
+    ] {
+        assert!(metrics[counter].is_u64(), "{counter} in {metrics}");
+    }
 
     running.signal("TERM");
-    assert_eq!(running.wait_exit(), Some(0), "{}", running.stderr());
+    assert_eq!(running.wait_exit().code(), Some(0), "{}", running.stderr());
 }
 
 #[test]
 fn demo_binary_on_a_cluster_with_secure_cookie() {
     let cluster = common::shared_cluster();
     let urls = cluster.urls().join(",");
-    let mut running = Running::start(
+    let mut running = App::start(
         "demo",
         &[
             ("BIND", "127.0.0.1:0"),
@@ -346,12 +224,12 @@ fn demo_binary_on_a_cluster_with_secure_cookie() {
     let cookie = session_cookie(&r, "session").unwrap();
     assert_eq!(cookie.secure(), Some(true), "COOKIE_SECURE=1: {cookie}");
     running.signal("INT");
-    assert_eq!(running.wait_exit(), Some(0), "{}", running.stderr());
+    assert_eq!(running.wait_exit().code(), Some(0), "{}", running.stderr());
 }
 
 #[test]
 fn demo_binary_starts_and_stops_a_throwaway_redis() {
-    let mut running = Running::start(
+    let mut running = App::start(
         "demo",
         &[("BIND", "127.0.0.1:0")],
         &[
@@ -377,7 +255,7 @@ fn demo_binary_starts_and_stops_a_throwaway_redis() {
 
     // Ctrl-C: the demo exits and takes its redis-server with it.
     running.signal("INT");
-    assert_eq!(running.wait_exit(), Some(0), "{}", running.stderr());
+    assert_eq!(running.wait_exit().code(), Some(0), "{}", running.stderr());
     let deadline = Instant::now() + Duration::from_secs(10);
     while pid_alive(pid) {
         assert!(
@@ -393,7 +271,7 @@ fn demo_binary_falls_back_to_memory_without_redis_server() {
     // A PATH without redis-server.
     let empty = std::env::temp_dir().join(format!("demo-empty-path-{}", std::process::id()));
     std::fs::create_dir_all(&empty).unwrap();
-    let mut running = Running::start(
+    let mut running = App::start(
         "demo",
         &[
             ("BIND", "127.0.0.1:0"),
@@ -407,18 +285,18 @@ fn demo_binary_falls_back_to_memory_without_redis_server() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(exercise_demo(&base));
     running.signal("TERM");
-    assert_eq!(running.wait_exit(), Some(0));
+    assert_eq!(running.wait_exit().code(), Some(0));
     let _ = std::fs::remove_dir(&empty);
 }
 
 #[test]
 fn demo_binary_refuses_a_short_secret() {
-    let mut running = Running::start(
+    let mut running = App::start(
         "demo",
         &[("BIND", "127.0.0.1:0"), ("SESSION_SECRET", "too short")],
         &["REDIS_URL", "REDIS_CLUSTER_URLS"],
     );
-    assert_ne!(running.wait_exit(), Some(0));
+    assert_ne!(running.wait_exit().code(), Some(0));
     running.stderr_with("SESSION_SECRET is 9 bytes; it must be at least 32");
-    assert!(running.stdout.try_recv().is_err(), "never listened");
+    assert!(!running.printed(), "never listened");
 }

@@ -20,11 +20,10 @@
 //! sources; `cargo test --all-targets` has built it already.
 
 mod common;
+#[path = "common/process.rs"]
+mod process;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -34,6 +33,7 @@ use serde_json::{Value, json};
 use tokio::task::JoinSet;
 
 use common::{RedisServer, ServerOptions};
+use process::App;
 
 /// Clients, in pairs: both clients of a pair log in as the same user, so
 /// one's revoke-others ends the other's session.
@@ -44,182 +44,23 @@ const RSS_MARGIN: f64 = 0.20;
 
 // ------------------------------------------------------------ the demo
 
-/// The demo binary next to this test's own build: `target/<profile>/
-/// examples/demo`, built (with this test's profile and features) if missing
-/// or older than the sources.
-fn demo_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    // target/<profile>/deps/soak-<hash>
-    let profile_dir = exe.parent().unwrap().parent().unwrap();
-    let binary = profile_dir.join("examples").join("demo");
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let newest_source = ["src", "examples/demo", "lua", "Cargo.toml"]
-        .iter()
-        .map(|p| newest_mtime(&root.join(p)))
-        .max()
-        .unwrap();
-    let built = std::fs::metadata(&binary).and_then(|m| m.modified()).ok();
-    if built.is_none_or(|b| b < newest_source) {
-        let mut features = Vec::new();
-        if cfg!(feature = "axum") {
-            features.push("axum");
-        }
-        if cfg!(feature = "fuzzing") {
-            features.push("fuzzing");
-        }
-        let mut cargo = Command::new(env!("CARGO"));
-        cargo
-            .current_dir(root)
-            .args(["build", "--example", "demo", "--no-default-features"])
-            .args(["--features", &features.join(",")]);
-        if !cfg!(debug_assertions) {
-            cargo.arg("--release");
-        }
-        eprintln!("soak: building the demo: {cargo:?}");
-        let status = cargo.status().unwrap();
-        assert!(status.success(), "cargo build --example demo failed");
-    }
-    assert!(binary.exists(), "no demo binary at {}", binary.display());
-    binary
-}
-
-fn newest_mtime(path: &Path) -> SystemTime {
-    let meta = std::fs::metadata(path).unwrap();
-    let mut newest = meta.modified().unwrap();
-    if meta.is_dir() {
-        for entry in std::fs::read_dir(path).unwrap() {
-            newest = newest.max(newest_mtime(&entry.unwrap().path()));
-        }
-    }
-    newest
-}
-
-/// The running demo, killed on drop (and by a watchdog if this test
-/// process dies first).
-struct Demo {
-    child: Child,
-    watchdog: Child,
-    base: String,
-    stderr: Arc<Mutex<String>>,
-    stderr_reader: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Demo {
-    fn start(redis_url: &str) -> Demo {
-        let mut child = Command::new(demo_binary())
-            .env("REDIS_URL", redis_url)
-            .env_remove("REDIS_CLUSTER_URLS")
-            .env("BIND", "127.0.0.1:0")
-            .env(
+/// The compiled demo on `redis_url` (its process harness is shared with the
+/// other tests that run examples: `common/process.rs`).
+fn start_demo(redis_url: &str) -> (App, String) {
+    let demo = App::start(
+        "demo",
+        &[
+            ("REDIS_URL", redis_url),
+            ("BIND", "127.0.0.1:0"),
+            (
                 "SESSION_SECRET",
                 "soak-test-secret-soak-test-secret-0123456789",
-            )
-            .env_remove("COOKIE_SECURE")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let watchdog = Command::new("sh")
-            .args([
-                "-c",
-                "trap '' INT HUP TERM; while kill -0 \"$1\" 2>/dev/null; do sleep 0.5; done; kill -9 \"$2\" 2>/dev/null",
-                "soak-demo-watchdog",
-            ])
-            .arg(std::process::id().to_string())
-            .arg(child.id().to_string())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let stderr_reader = {
-            let (mut pipe, stderr) = (child.stderr.take().unwrap(), stderr.clone());
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 8192];
-                while let Ok(n) = pipe.read(&mut buf) {
-                    if n == 0 {
-                        break;
-                    }
-                    stderr
-                        .lock()
-                        .unwrap()
-                        .push_str(&String::from_utf8_lossy(&buf[..n]));
-                }
-            })
-        };
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        stdout.read_line(&mut line).unwrap();
-        let base = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| {
-                panic!(
-                    "unexpected first line from the demo: {line:?}; stderr: {}",
-                    stderr.lock().unwrap()
-                )
-            })
-            .to_owned();
-        // Keep draining stdout so the demo never blocks on it.
-        std::thread::spawn(move || {
-            let mut sink = String::new();
-            while stdout.read_line(&mut sink).unwrap_or(0) > 0 {
-                sink.clear();
-            }
-        });
-        Demo {
-            child,
-            watchdog,
-            base,
-            stderr,
-            stderr_reader: Some(stderr_reader),
-        }
-    }
-
-    /// Resident memory of the demo process, in KiB.
-    fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmRSS in /proc/<pid>/status")
-    }
-
-    /// SIGTERM (graceful shutdown), then waits for the exit; returns the
-    /// exit status and everything the demo wrote to stderr.
-    fn stop(mut self) -> (std::process::ExitStatus, String) {
-        let pid = self.child.id().to_string();
-        let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        assert!(sent.success());
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let status = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the demo did not stop on SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        if let Some(reader) = self.stderr_reader.take() {
-            reader.join().unwrap();
-        }
-        let stderr = self.stderr.lock().unwrap().clone();
-        (status, stderr)
-    }
-}
-
-impl Drop for Demo {
-    fn drop(&mut self) {
-        let _ = self.watchdog.kill();
-        let _ = self.watchdog.wait();
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+            ),
+        ],
+        &["REDIS_CLUSTER_URLS", "COOKIE_SECURE"],
+    );
+    let base = demo.wait_listening();
+    (demo, base)
 }
 
 // ------------------------------------------------------------ clients
@@ -729,7 +570,7 @@ async fn soak_mixed_traffic_with_a_redis_restart() {
         appendonly: true,
         ..ServerOptions::default()
     });
-    let demo = tokio::task::block_in_place(|| Demo::start(&server.url()));
+    let (demo, demo_base) = tokio::task::block_in_place(|| start_demo(&server.url()));
     let seed = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap()
@@ -737,7 +578,7 @@ async fn soak_mixed_traffic_with_a_redis_restart() {
         | 1;
     eprintln!(
         "soak: {duration:?}, {CLIENTS} clients, demo at {}, seed {seed}",
-        demo.base
+        demo_base
     );
     let shared = Arc::new(Shared {
         revokes_started: (0..CLIENTS).map(|_| AtomicU64::new(0)).collect(),
@@ -762,7 +603,7 @@ async fn soak_mixed_traffic_with_a_redis_restart() {
             user: format!("user{}", index / 2),
             http,
             jar,
-            base: demo.base.clone(),
+            base: demo_base.clone(),
             ledger: Ledger::default(),
             rng: Rng(seed.wrapping_add((index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)) | 1),
             shared: shared.clone(),

@@ -21,7 +21,9 @@
 //! sealed record with the full user agent.
 //!
 //! Routes that never touch the session, and so never call the store:
-//! `GET /healthz` and `GET /style.css`.
+//! `GET /healthz`, `GET /style.css`, and (from the demo binary) `GET
+//! /api/metrics`: `{"operations", "unavailable", "conflicts",
+//! "revivals_blocked", "rejected_blobs"}`, the store's counters.
 //!
 //! The HTML forms post to `/login`, `/logout`, `/logout-others` and
 //! `/sessions/{id}/revoke`, which redirect back to `/`. They carry no CSRF token: the session cookie is
@@ -34,7 +36,30 @@ use axum::routing::{get, post};
 use axum::{Form, Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use std::sync::Arc;
+
+use tower_redis_sessions::store::SessionStore;
 use tower_redis_sessions::{Session, SessionError, SessionId, SessionInfo, SessionLayer};
+
+/// `GET /api/metrics`: the store's counters as JSON (it never touches a
+/// session). Served next to the session routes, outside the layer.
+pub fn metrics(store: Arc<dyn SessionStore>) -> Router {
+    Router::new().route(
+        "/api/metrics",
+        get(move || {
+            let stats = store.stats();
+            async move {
+                Json(json!({
+                    "operations": stats.operations,
+                    "unavailable": stats.unavailable,
+                    "conflicts": stats.conflicts,
+                    "revivals_blocked": stats.revivals_blocked,
+                    "rejected_blobs": stats.rejected_blobs,
+                }))
+            }
+        }),
+    )
+}
 
 /// The demo's routes behind `layer`.
 pub fn app(layer: SessionLayer) -> Router {

@@ -51,6 +51,7 @@ use std::error::Error;
 use std::io::Write as _;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener as StdListener, TcpStream};
 use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -280,7 +281,7 @@ struct Settings {
     lifetime: Option<u64>,
 }
 
-fn with_layer(store: impl SessionStore, settings: &Settings) -> Router {
+fn with_layer<S: SessionStore + Clone>(store: S, settings: &Settings) -> Router {
     // The demo serves plain http://, and clients other than browsers on
     // localhost (curl, Python requests, reqwest) do not send a `Secure`
     // cookie back over plain HTTP: with the default `Secure` cookie every
@@ -288,7 +289,7 @@ fn with_layer(store: impl SessionStore, settings: &Settings) -> Router {
     // COOKIE_SECURE=1 turns it back on behind TLS. Everything else keeps the
     // layer's defaults unless the environment says otherwise.
     let mut layer =
-        SessionLayer::new(store).cookie(CookieConfig::default().secure(settings.secure));
+        SessionLayer::new(store.clone()).cookie(CookieConfig::default().secure(settings.secure));
     let duration = |ms: u64| (ms > 0).then(|| Duration::from_millis(ms));
     if let Some(idle) = settings.idle {
         layer = layer.idle_timeout(duration(idle));
@@ -296,7 +297,8 @@ fn with_layer(store: impl SessionStore, settings: &Settings) -> Router {
     if let Some(lifetime) = settings.lifetime {
         layer = layer.lifetime(duration(lifetime));
     }
-    app::app(layer)
+    // Clones share the store: the metrics route reads the layer's counters.
+    app::app(layer).merge(app::metrics(Arc::new(store)))
 }
 
 /// A non-negative integer from the environment, if set.

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::envelope::{Codec, Meta};
 use crate::record::{Millis, Record, millis};
 use crate::store::keys::KeySpace;
+use crate::store::observe::{Calls, observe, rejected_blob};
 use crate::store::{
     Clock, RetireOutcome, SaveLocks, SaveOutcome, SaveTurn, SessionStore, StoreConfig, StoreError,
     StoreFuture,
@@ -148,6 +149,11 @@ pub struct StoreStats {
     /// Stored blobs that failed verification (tampered, truncated, moved,
     /// signed by an unknown key, or over the size limit).
     pub rejected_blobs: u64,
+    /// Store operations, whatever their outcome.
+    pub operations: u64,
+    /// Operations that failed because the store was unreachable, slow,
+    /// saturated or in a transient state (each one a 503).
+    pub unavailable: u64,
 }
 
 #[derive(Default)]
@@ -170,6 +176,7 @@ pub(crate) struct Core<B> {
     nonce_next: AtomicU64,
     /// Saves of one session by requests of this process take turns.
     locks: SaveLocks,
+    calls: Calls,
 }
 
 impl<B: Backend> Core<B> {
@@ -186,6 +193,7 @@ impl<B: Backend> Core<B> {
             nonce_base: getrandom::u64().unwrap_or_default(),
             nonce_next: AtomicU64::new(0),
             locks: SaveLocks::default(),
+            calls: Calls::default(),
         }
     }
 
@@ -198,6 +206,8 @@ impl<B: Backend> Core<B> {
             conflicts: self.counters.conflicts.load(Ordering::Relaxed),
             revivals_blocked: self.counters.revivals_blocked.load(Ordering::Relaxed),
             rejected_blobs: self.counters.rejected_blobs.load(Ordering::Relaxed),
+            operations: self.calls.operations.load(Ordering::Relaxed),
+            unavailable: self.calls.unavailable.load(Ordering::Relaxed),
         }
     }
 
@@ -228,6 +238,7 @@ impl<B: Backend> Core<B> {
             Ok(record) => Some(record),
             Err(error) => {
                 self.counters.rejected_blobs.fetch_add(1, Ordering::Relaxed);
+                rejected_blob();
                 tracing::warn!(%error, "stored session rejected; treating it as no session");
                 None
             }
@@ -440,11 +451,18 @@ impl<T: HasCore> SessionStore for T {
     fn now(&self) -> Millis {
         self.core().now()
     }
+    fn stats(&self) -> StoreStats {
+        self.core().stats()
+    }
     fn load<'a>(&'a self, token: &'a Token) -> StoreFuture<'a, Option<Record>> {
-        Box::pin(self.core().load(token))
+        Box::pin(observe(&self.core().calls, "load", self.core().load(token)))
     }
     fn save<'a>(&'a self, token: &'a Token, record: &'a Record) -> StoreFuture<'a, SaveOutcome> {
-        Box::pin(self.core().save(token, record))
+        Box::pin(observe(
+            &self.core().calls,
+            "save",
+            self.core().save(token, record),
+        ))
     }
     fn rotate<'a>(
         &'a self,
@@ -452,19 +470,39 @@ impl<T: HasCore> SessionStore for T {
         to: &'a Token,
         record: &'a Record,
     ) -> StoreFuture<'a, SaveOutcome> {
-        Box::pin(self.core().rotate(from, to, record))
+        Box::pin(observe(
+            &self.core().calls,
+            "rotate",
+            self.core().rotate(from, to, record),
+        ))
     }
     fn delete<'a>(&'a self, token: &'a Token) -> StoreFuture<'a, bool> {
-        Box::pin(self.core().delete(token))
+        Box::pin(observe(
+            &self.core().calls,
+            "delete",
+            self.core().delete(token),
+        ))
     }
     fn retire<'a>(&'a self, token: &'a Token, version: u64) -> StoreFuture<'a, RetireOutcome> {
-        Box::pin(self.core().retire(token, version))
+        Box::pin(observe(
+            &self.core().calls,
+            "retire",
+            self.core().retire(token, version),
+        ))
     }
     fn list<'a>(&'a self, user: &'a str, kind: Option<&'a str>) -> StoreFuture<'a, Vec<Record>> {
-        Box::pin(self.core().list(user, kind))
+        Box::pin(observe(
+            &self.core().calls,
+            "list",
+            self.core().list(user, kind),
+        ))
     }
     fn revoke<'a>(&'a self, user: &'a str, id: &'a SessionId) -> StoreFuture<'a, bool> {
-        Box::pin(self.core().revoke(user, id))
+        Box::pin(observe(
+            &self.core().calls,
+            "revoke",
+            self.core().revoke(user, id),
+        ))
     }
     fn revoke_all<'a>(
         &'a self,
@@ -472,7 +510,11 @@ impl<T: HasCore> SessionStore for T {
         kind: Option<&'a str>,
         keep: Option<&'a Token>,
     ) -> StoreFuture<'a, u64> {
-        Box::pin(self.core().revoke_all(user, kind, keep))
+        Box::pin(observe(
+            &self.core().calls,
+            "revoke_all",
+            self.core().revoke_all(user, kind, keep),
+        ))
     }
 }
 

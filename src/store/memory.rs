@@ -34,8 +34,11 @@ use crate::token::Token;
 /// assert!(matches!(store.save(&token, &record).await?, SaveOutcome::Conflict(_)));
 /// # Ok(()) }
 /// ```
+///
+/// Cloning is cheap: clones share the sessions.
+#[derive(Clone)]
 pub struct MemoryStore {
-    core: Core<MemoryBackend>,
+    core: std::sync::Arc<Core<MemoryBackend>>,
 }
 
 impl HasCore for MemoryStore {
@@ -49,7 +52,7 @@ impl MemoryStore {
     /// A store with the given configuration.
     pub fn new(config: StoreConfig) -> MemoryStore {
         MemoryStore {
-            core: Core::new(MemoryBackend::default(), config),
+            core: std::sync::Arc::new(Core::new(MemoryBackend::default(), config)),
         }
     }
 

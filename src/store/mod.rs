@@ -41,6 +41,7 @@ pub(crate) mod core;
 pub(crate) mod keys;
 mod library;
 mod memory;
+mod observe;
 mod pool;
 mod redis;
 mod reply;
@@ -87,6 +88,13 @@ pub trait SessionStore: Send + Sync + 'static {
     ) -> Pin<Box<dyn Future<Output = SaveTurn<'a>> + Send + 'a>> {
         let _ = id;
         Box::pin(std::future::ready(SaveTurn::none()))
+    }
+
+    /// Counters of what the store did and refused, for metrics (see the
+    /// `session_store` spans and the `metrics` feature for per-operation
+    /// detail). The default reports nothing.
+    fn stats(&self) -> StoreStats {
+        StoreStats::default()
     }
 
     /// The store's clock, in milliseconds since the Unix epoch.

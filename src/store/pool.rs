@@ -207,6 +207,7 @@ impl Connections {
                     if attempts >= 2 {
                         return Err(CallError::Redis(e));
                     }
+                    crate::store::observe::another_attempt(attempts + 1);
                 }
                 Ok(Err(e)) => return Err(CallError::Redis(e)),
                 Err(_) => {

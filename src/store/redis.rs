@@ -95,8 +95,13 @@ use self::preload::{LibraryMode, Phase};
 ///     .await?;
 /// # Ok(()) }
 /// ```
+///
+/// Cloning is cheap: clones share the connections, the library and the
+/// counters (give a clone to each layer, or keep one for the application's
+/// own store calls).
+#[derive(Clone)]
 pub struct RedisStore {
-    core: Core<RedisBackend>,
+    core: std::sync::Arc<Core<RedisBackend>>,
 }
 
 impl HasCore for RedisStore {
@@ -394,7 +399,7 @@ impl RedisStoreBuilder {
             backend.ensure_library(Phase::Start).await?;
         }
         Ok(RedisStore {
-            core: Core::new(backend, self.config),
+            core: std::sync::Arc::new(Core::new(backend, self.config)),
         })
     }
 }
@@ -451,6 +456,7 @@ impl RedisBackend {
                     "session function library missing in Redis (restart, FUNCTION FLUSH or failover); registering it again"
                 );
                 self.ensure_library(Phase::Request).await?;
+                crate::store::observe::another_attempt(2);
                 self.conns
                     .query(&cmd)
                     .await

@@ -63,6 +63,33 @@ impl Timeouts {
     }
 }
 
+/// The demo served by one app process: its store, under its own key prefix,
+/// and its web server.
+pub struct DemoApp {
+    pub store: Arc<RedisStore>,
+    pub web: crate::http::Server,
+    pub prefix: String,
+}
+
+/// Connects a store to the Redis at `url` with the settings `build` adds to
+/// a builder (timeouts, pool size), under a fresh prefix named after
+/// `label`, and serves the demo on it: the setup every fault test shares.
+pub async fn demo_over(
+    url: &str,
+    label: &str,
+    build: impl FnOnce(StoreConfig) -> RedisStoreBuilder,
+) -> DemoApp {
+    let prefix = crate::http::unique_prefix(label);
+    let store = Arc::new(
+        build(crate::http::config(&prefix))
+            .connect(url)
+            .await
+            .unwrap(),
+    );
+    let web = crate::http::Server::start(demo_on(&store)).await;
+    DemoApp { store, web, prefix }
+}
+
 /// The demo's routes behind a layer on `store` (plain HTTP, so no `Secure`).
 pub fn demo_on(store: &Arc<RedisStore>) -> Router {
     demo_app::routes()

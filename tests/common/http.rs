@@ -246,6 +246,12 @@ impl Browser {
             .unwrap()
     }
 
+    /// `POST /api/incr/<key>` of the demo: the status and, for a 200, the
+    /// value as stored.
+    pub async fn incr(&self, key: &str) -> (u16, Option<i64>) {
+        incr_answer(self.post(&format!("/api/incr/{key}")).await).await
+    }
+
     /// `GET /api/session`, asserting a 200.
     pub async fn session(&self) -> Value {
         let response = self.get("/api/session").await;
@@ -279,6 +285,17 @@ impl Browser {
         self.jar
             .add_cookie_str(&format!("session={token}; Path=/"), &url);
     }
+}
+
+/// The status of a demo `POST /api/incr/..` answer and, for a 200, the value.
+pub async fn incr_answer(response: reqwest::Response) -> (u16, Option<i64>) {
+    let status = response.status().as_u16();
+    let value = if status == 200 {
+        response.json::<Value>().await.unwrap()["value"].as_i64()
+    } else {
+        None
+    };
+    (status, value)
 }
 
 /// A client without cookies, for requests with hand-made headers.
