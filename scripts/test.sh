@@ -5,7 +5,10 @@
 #   bash scripts/test.sh
 #
 # Works on a fresh Debian/Ubuntu machine with only Rust installed: installs
-# Redis (redis-server, redis-cli) with apt-get when missing.
+# with apt-get what is missing: Redis (redis-server, redis-cli), the openssl
+# CLI (the TLS tests make their certificates with it), and libssl-dev and
+# pkg-config (`--all-features` builds the `tls-native-tls` feature, which
+# links OpenSSL).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -26,25 +29,40 @@ as_root() {
     fi
 }
 
-install_redis() {
-    step "Installing redis-server and redis-tools (not found on PATH)"
+# Installs the Debian packages given (one apt-get update for all).
+apt_install() {
+    step "Installing $* (missing)"
     if ! command -v apt-get >/dev/null 2>&1; then
-        echo "error: redis-server/redis-cli not found and apt-get is unavailable;" >&2
-        echo "       install Redis >= 7 so that redis-server and redis-cli are on PATH." >&2
+        echo "error: missing $* and apt-get is unavailable; install them (Redis >= 7 for" >&2
+        echo "       redis-server and redis-cli on PATH, the openssl CLI, OpenSSL headers" >&2
+        echo "       and pkg-config)." >&2
         exit 1
     fi
     if ! as_root apt-get update ||
-        ! as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y redis-server redis-tools; then
-        echo "error: could not install Redis; run as root or with sudo:" >&2
-        echo "       apt-get update && apt-get install -y redis-server redis-tools" >&2
+        ! as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y "$@"; then
+        echo "error: could not install $*; run as root or with sudo:" >&2
+        echo "       apt-get update && apt-get install -y $*" >&2
         exit 1
     fi
 }
 
+missing=()
 if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
-    install_redis
+    missing+=(redis-server redis-tools)
+fi
+if ! command -v openssl >/dev/null 2>&1; then
+    missing+=(openssl)
+fi
+if ! command -v pkg-config >/dev/null 2>&1; then
+    missing+=(pkg-config libssl-dev)
+elif ! pkg-config --exists openssl; then
+    missing+=(libssl-dev)
+fi
+if [ "${#missing[@]}" -gt 0 ]; then
+    apt_install "${missing[@]}"
 fi
 redis-server --version
+openssl version
 
 # rustfmt and clippy are separate rustup components; add them if missing.
 for component in rustfmt clippy; do
@@ -72,7 +90,19 @@ cargo test --all-targets --all-features
 step "cargo test --doc --all-features"
 cargo test --doc --all-features
 
-step 'RUSTDOCFLAGS="-D warnings" cargo doc --no-deps'
-RUSTDOCFLAGS="-D warnings" cargo doc --no-deps
+# --all-features runs TLS through rustls (redis-rs prefers it when both TLS
+# features are on): run the TLS tests once with native-tls alone, and once
+# without TLS (`rediss://` must fail naming the feature).
+step "cargo test --features tls-native-tls --test deploy_tls"
+cargo test --features tls-native-tls --test deploy_tls
+
+step "cargo test --test deploy_tls (no TLS feature)"
+cargo test --test deploy_tls
+
+step "cargo test --doc (default features)"
+cargo test --doc
+
+step 'RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --all-features'
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --all-features
 
 step "All checks passed"

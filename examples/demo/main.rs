@@ -14,8 +14,16 @@
 //!
 //! Environment:
 //!
-//! - `REDIS_URL`: a single Redis (`redis://127.0.0.1:6379`), or
-//! - `REDIS_CLUSTER_URLS`: comma-separated node URLs of a Redis Cluster.
+//! - `REDIS_URL`: a single Redis (`redis://127.0.0.1:6379`, or
+//!   `rediss://host:6380` for TLS), or
+//! - `REDIS_CLUSTER_URLS`: comma-separated node URLs of a Redis Cluster, or
+//! - `REDIS_SENTINELS`: comma-separated `host:port` of Redis Sentinels, with
+//!   `REDIS_SENTINEL_MASTER`, the name of the primary they monitor.
+//! - `REDIS_CA_CERT`: a PEM file of the certificate authority to trust for
+//!   `rediss://` instead of the system's; `REDIS_CLIENT_CERT` and
+//!   `REDIS_CLIENT_KEY`: PEM files of a client certificate and its key, for
+//!   servers that require one (mutual TLS). TLS needs the crate feature
+//!   `tls-rustls` (`cargo run --example demo --features tls-rustls`).
 //!   With neither, the demo starts a throwaway `redis-server` on a free
 //!   loopback port (no persistence; stopped when the demo exits) if one is on
 //!   `PATH`, and otherwise keeps sessions in memory. It says which on stderr.
@@ -48,9 +56,10 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use tokio::net::TcpListener;
-use tower_redis_sessions::store::SessionStore;
+use tower_redis_sessions::store::{SessionStore, TlsConfig};
 use tower_redis_sessions::{
-    CookieConfig, Keyring, MIN_SECRET_LEN, MemoryStore, RedisStore, SessionLayer, StoreConfig,
+    CookieConfig, Keyring, MIN_SECRET_LEN, MemoryStore, RedisStore, RedisStoreBuilder,
+    SessionLayer, StoreConfig,
 };
 
 type BoxError = Box<dyn Error + Send + Sync>;
@@ -97,9 +106,16 @@ async fn run() -> Result<(), BoxError> {
 
     // Kept alive until `run` returns; dropping it stops the redis-server.
     let mut throwaway = None;
-    let router = if let Some(url) = env("REDIS_URL") {
-        let store = RedisStore::connect(&url, config).await?;
-        banner(&format!("Redis at {}", redact(&url)));
+    let router = if let Some(sentinels) = env("REDIS_SENTINELS") {
+        let (store, shown) = connect_sentinel(&sentinels, config).await?;
+        banner(&shown);
+        with_layer(store, &settings)
+    } else if let Some(url) = env("REDIS_URL") {
+        let (tls, shown) = tls_from_env(&url)?;
+        let store = with_tls(RedisStore::builder(config), tls)
+            .connect(&url)
+            .await?;
+        banner(&format!("Redis at {}{shown}", redact(&url)));
         with_layer(store, &settings)
     } else if let Some(urls) = env("REDIS_CLUSTER_URLS") {
         let urls: Vec<String> = urls
@@ -108,12 +124,18 @@ async fn run() -> Result<(), BoxError> {
             .filter(|u| !u.is_empty())
             .map(str::to_owned)
             .collect();
-        let store = RedisStore::builder(config)
+        let (tls, tls_shown) = tls_from_env(urls.first().map_or("", String::as_str))?;
+        let store = with_tls(RedisStore::builder(config), tls)
             .connect_cluster(urls.clone())
             .await?;
         let shown: Vec<String> = urls.iter().map(|u| redact(u)).collect();
-        banner(&format!("Redis Cluster at {}", shown.join(", ")));
+        banner(&format!("Redis Cluster at {}{tls_shown}", shown.join(", ")));
         with_layer(store, &settings)
+    } else if env("REDIS_SENTINEL_MASTER").is_some() {
+        return Err(
+            "REDIS_SENTINEL_MASTER is set: set REDIS_SENTINELS to the sentinels' host:port too"
+                .into(),
+        );
     } else if let Some(server) = Throwaway::start()? {
         let url = server.url();
         // Assigned before connecting, so the server is stopped if that fails.
@@ -164,6 +186,91 @@ async fn run() -> Result<(), BoxError> {
     }
     drop(throwaway);
     Ok(())
+}
+
+/// `REDIS_SENTINELS` + `REDIS_SENTINEL_MASTER`: the primary the sentinels
+/// name, and what the banner says.
+async fn connect_sentinel(
+    sentinels: &str,
+    config: StoreConfig,
+) -> Result<(RedisStore, String), BoxError> {
+    if env("REDIS_URL").is_some() || env("REDIS_CLUSTER_URLS").is_some() {
+        return Err("set REDIS_SENTINELS or REDIS_URL / REDIS_CLUSTER_URLS, not both".into());
+    }
+    let primary = env("REDIS_SENTINEL_MASTER").ok_or(
+        "REDIS_SENTINELS is set: set REDIS_SENTINEL_MASTER to the name of the primary \
+         the sentinels monitor (`sentinel monitor <name> ...`)",
+    )?;
+    let addrs: Vec<String> = sentinels
+        .split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let (tls, tls_shown) = tls_from_env("")?;
+    let store = with_tls(RedisStore::builder(config), tls)
+        .connect_sentinel(addrs.clone(), &primary)
+        .await?;
+    let shown: Vec<String> = addrs.iter().map(|a| redact(a)).collect();
+    Ok((
+        store,
+        format!(
+            "Redis primary `{primary}` through Sentinel at {}{tls_shown}",
+            shown.join(", ")
+        ),
+    ))
+}
+
+/// TLS settings from `REDIS_CA_CERT`, `REDIS_CLIENT_CERT` and
+/// `REDIS_CLIENT_KEY` (PEM file paths), and what the banner says about TLS
+/// for `url`.
+fn tls_from_env(url: &str) -> Result<(Option<TlsConfig>, String), BoxError> {
+    let read = |var: &str| -> Result<Option<Vec<u8>>, BoxError> {
+        env(var)
+            .map(|path| {
+                std::fs::read(&path).map_err(|e| format!("{var}: cannot read {path}: {e}").into())
+            })
+            .transpose()
+    };
+    let ca = read("REDIS_CA_CERT")?;
+    let client = match (read("REDIS_CLIENT_CERT")?, read("REDIS_CLIENT_KEY")?) {
+        (Some(cert), Some(key)) => Some((cert, key)),
+        (None, None) => None,
+        _ => return Err("set both REDIS_CLIENT_CERT and REDIS_CLIENT_KEY, or neither".into()),
+    };
+    let tls_url = url
+        .trim_start()
+        .to_ascii_lowercase()
+        .starts_with("rediss://");
+    if ca.is_none() && client.is_none() {
+        let shown = if tls_url {
+            " over TLS (system CAs)"
+        } else {
+            ""
+        };
+        return Ok((None, shown.to_owned()));
+    }
+    let mut shown = String::from(" over TLS (");
+    let mut tls = TlsConfig::new();
+    if let Some(ca) = ca {
+        tls = tls.ca_cert_pem(ca);
+        shown.push_str("CA from REDIS_CA_CERT");
+    } else {
+        shown.push_str("system CAs");
+    }
+    if let Some((cert, key)) = client {
+        tls = tls.client_cert_pem(cert, key);
+        shown.push_str(", client certificate from REDIS_CLIENT_CERT");
+    }
+    shown.push(')');
+    Ok((Some(tls), shown))
+}
+
+fn with_tls(builder: RedisStoreBuilder, tls: Option<TlsConfig>) -> RedisStoreBuilder {
+    match tls {
+        Some(tls) => builder.tls(tls),
+        None => builder,
+    }
 }
 
 /// The layer's settings the environment chose.

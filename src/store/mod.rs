@@ -35,6 +35,8 @@ use std::time::Duration;
 use crate::keyring::Keyring;
 use crate::token::RandomError;
 
+#[cfg(feature = "tls-rustls")]
+mod cluster_tls;
 pub(crate) mod core;
 pub(crate) mod keys;
 mod library;
@@ -43,11 +45,15 @@ mod observe;
 mod pool;
 mod redis;
 mod reply;
+mod sentinel;
+mod tls;
 mod turns;
 
 pub use self::core::StoreStats;
 pub use self::memory::MemoryStore;
+pub use self::redis::preload::{LibraryMode, library_name, library_source};
 pub use self::redis::{RedisStore, RedisStoreBuilder};
+pub use self::tls::TlsConfig;
 pub(crate) use self::turns::SaveLocks;
 pub use self::turns::SaveTurn;
 pub use crate::record::{Data, Millis, Record};

@@ -27,6 +27,11 @@ use tokio::sync::Semaphore;
 pub(crate) enum Pool {
     Single(deadpool_redis::Pool),
     Cluster(deadpool_redis::cluster::Pool),
+    /// The primary the sentinels name, looked up for each new connection.
+    Sentinel(crate::store::sentinel::Pool),
+    /// A cluster over TLS with custom certificates.
+    #[cfg(feature = "tls-rustls")]
+    ClusterTls(crate::store::cluster_tls::Pool),
 }
 
 impl Pool {
@@ -34,6 +39,9 @@ impl Pool {
         match self {
             Pool::Single(p) => p.status().max_size,
             Pool::Cluster(p) => p.status().max_size,
+            Pool::Sentinel(p) => p.status().max_size,
+            #[cfg(feature = "tls-rustls")]
+            Pool::ClusterTls(p) => p.status().max_size,
         }
     }
 
@@ -47,6 +55,15 @@ impl Pool {
                 let held = p.timeout_get(timeouts).await?;
                 (Conn::Cluster((*held).clone()), Held::Cluster(held))
             }
+            Pool::Sentinel(p) => {
+                let held = p.timeout_get(timeouts).await?;
+                (Conn::Single((*held).clone()), Held::Sentinel(held))
+            }
+            #[cfg(feature = "tls-rustls")]
+            Pool::ClusterTls(p) => {
+                let held = p.timeout_get(timeouts).await?;
+                (Conn::Cluster((*held).clone()), Held::ClusterTls(held))
+            }
         })
     }
 }
@@ -55,6 +72,9 @@ impl Pool {
 enum Held {
     Single(deadpool_redis::Connection),
     Cluster(deadpool_redis::cluster::Connection),
+    Sentinel(crate::store::sentinel::Object),
+    #[cfg(feature = "tls-rustls")]
+    ClusterTls(crate::store::cluster_tls::Object),
 }
 
 impl Held {
@@ -64,6 +84,9 @@ impl Held {
         match self {
             Held::Single(c) => drop(deadpool_redis::Connection::take(c)),
             Held::Cluster(c) => drop(deadpool_redis::cluster::Connection::take(c)),
+            Held::Sentinel(c) => drop(crate::store::sentinel::Object::take(c)),
+            #[cfg(feature = "tls-rustls")]
+            Held::ClusterTls(c) => drop(crate::store::cluster_tls::Object::take(c)),
         }
     }
 }
@@ -266,6 +289,17 @@ fn lock(slot: &Mutex<Option<Lease>>) -> std::sync::MutexGuard<'_, Option<Lease>>
 }
 
 /// Errors after which a connection cannot be trusted to carry more calls.
+/// `READONLY` means the node was demoted to a replica (a failover): a new
+/// connection finds the new primary (through the sentinels, or DNS), and the
+/// refused call wrote nothing, so it is safe to send again.
 fn is_broken(e: &RedisError) -> bool {
-    e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error()
+    e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_unrecoverable_error()
+        || matches!(
+            e.kind(),
+            deadpool_redis::redis::ErrorKind::Server(
+                deadpool_redis::redis::ServerErrorKind::ReadOnly
+            )
+        )
 }

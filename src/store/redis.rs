@@ -12,7 +12,13 @@ use crate::store::core::{Backend, Core, HasCore, Raw, RawRetire, RawSave, StoreS
 use crate::store::library::Library;
 use crate::store::pool::{CallError, Connections, Pool, Timeouts};
 use crate::store::reply::{Listed, Loaded};
+use crate::store::sentinel::{self, NodeAuth};
+use crate::store::tls::{self, TlsConfig};
 use crate::store::{StoreConfig, StoreError};
+
+pub(crate) mod preload;
+
+use self::preload::{LibraryMode, Phase};
 
 /// Sessions in Redis (>= 7), on a single node or a Redis Cluster.
 ///
@@ -123,6 +129,9 @@ impl RedisStore {
                 command: Duration::from_secs(1),
             },
             lazy: false,
+            tls: None,
+            library: LibraryMode::Load,
+            node_auth: None,
         }
     }
 
@@ -186,6 +195,9 @@ pub struct RedisStoreBuilder {
     max_in_flight: Option<usize>,
     timeouts: Timeouts,
     lazy: bool,
+    tls: Option<TlsConfig>,
+    library: LibraryMode,
+    node_auth: Option<NodeAuth>,
 }
 
 impl RedisStoreBuilder {
@@ -234,11 +246,108 @@ impl RedisStoreBuilder {
         self
     }
 
-    /// Connects to the single Redis at `url` (`redis://[:password@]host:port[/db]`,
-    /// or `rediss://` for TLS if redis-rs is built with it).
+    /// TLS settings for `rediss://` URLs: a certificate authority to trust
+    /// instead of the system's, a client certificate for mutual TLS (see
+    /// [`TlsConfig`]). Needs the crate feature `tls-rustls` or
+    /// `tls-native-tls`; connecting fails with [`StoreError::Config`]
+    /// otherwise. With [`connect`](Self::connect) the URL says whether to
+    /// use TLS; with [`connect_cluster`](Self::connect_cluster) all node URLs
+    /// must be `rediss://`; with [`connect_sentinel`](Self::connect_sentinel)
+    /// it makes the connections to the Redis nodes TLS (sentinels given as
+    /// `rediss://` URLs are reached over TLS too). Custom certificates with
+    /// a cluster or Sentinel need `tls-rustls`.
+    pub fn tls(mut self, tls: TlsConfig) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Whether the store loads its function library or only checks that an
+    /// operator loaded it (default [`LibraryMode::Load`]); see
+    /// [`LibraryMode`] for the Redis permissions each needs.
+    ///
+    /// ```no_run
+    /// use tower_redis_sessions::store::LibraryMode;
+    /// use tower_redis_sessions::{Keyring, RedisStore, StoreConfig};
+    ///
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// let config = StoreConfig::new(Keyring::new(std::env::var("SESSION_SECRET")?)?);
+    /// // Loaded beforehand by an admin: `cargo run --example print_library | redis-cli -x FUNCTION LOAD REPLACE`
+    /// let store = RedisStore::builder(config)
+    ///     .library(LibraryMode::Verify)
+    ///     .connect("redis://sessions:password@127.0.0.1:6379")
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn library(mut self, mode: LibraryMode) -> Self {
+        self.library = mode;
+        self
+    }
+
+    /// Credentials for the Redis nodes behind the sentinels (an ACL user,
+    /// or `None` and the `requirepass` password), with
+    /// [`connect_sentinel`](Self::connect_sentinel). The sentinels' own
+    /// credentials go in their URLs.
+    pub fn sentinel_node_auth(
+        mut self,
+        username: Option<&str>,
+        password: impl Into<String>,
+    ) -> Self {
+        self.node_auth = Some(NodeAuth {
+            username: username.map(str::to_owned),
+            password: password.into(),
+        });
+        self
+    }
+
+    /// Connects to the primary named `primary` (the name in `sentinel
+    /// monitor <name> ...`) through the sentinels at `sentinels`
+    /// (`host:port` or `redis://host:port` URLs, at least one reachable).
+    ///
+    /// Each new connection asks the sentinels for the current primary and
+    /// checks its `ROLE`; a connection that breaks (the primary died) or
+    /// answers `READONLY` (it was demoted) is replaced, so after a failover
+    /// calls fail with [`StoreError::Unavailable`] (503) until the sentinels
+    /// have promoted a replica, then reach it. The function library comes to
+    /// the replicas by replication, and is loaded again if the new primary
+    /// lacks it ([`LibraryMode::Load`]).
+    ///
+    /// ```no_run
+    /// use tower_redis_sessions::{Keyring, RedisStore, StoreConfig};
+    ///
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// let config = StoreConfig::new(Keyring::new(std::env::var("SESSION_SECRET")?)?);
+    /// let store = RedisStore::builder(config)
+    ///     .connect_sentinel(["10.0.0.1:26379", "10.0.0.2:26379", "10.0.0.3:26379"], "sessions")
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn connect_sentinel<I, S>(
+        self,
+        sentinels: I,
+        primary: &str,
+    ) -> Result<RedisStore, StoreError>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let pool = sentinel::pool(
+            sentinels.into_iter().map(Into::into).collect(),
+            primary,
+            self.tls.as_ref(),
+            self.node_auth.as_ref(),
+            self.timeouts.connect,
+            self.pool_config(),
+        )?;
+        self.build(Pool::Sentinel(pool)).await
+    }
+
+    /// Connects to the single Redis at `url` (`redis://[user:password@]host:port[/db]`,
+    /// or `rediss://` for TLS with the crate feature `tls-rustls` or
+    /// `tls-native-tls`; see [`tls`](Self::tls)).
     pub async fn connect(self, url: &str) -> Result<RedisStore, StoreError> {
+        let info = tls::connection_info(url, self.tls.as_ref())?;
         let manager = deadpool_redis::Manager::new_with_config(
-            url,
+            info,
             redis::AsyncConnectionConfig::new()
                 .set_connection_timeout(Some(self.timeouts.connect))
                 // Calls are timed by the store itself, the same way on a cluster.
@@ -259,8 +368,20 @@ impl RedisStoreBuilder {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
+        let urls: Vec<String> = urls.into_iter().map(Into::into).collect();
+        tls::check_cluster(&urls, self.tls.as_ref())?;
+        #[cfg(feature = "tls-rustls")]
+        if let Some(tls) = self.tls.as_ref().filter(|t| t.is_custom()) {
+            let pool = crate::store::cluster_tls::pool(
+                urls,
+                tls,
+                self.timeouts.connect,
+                self.pool_config(),
+            )?;
+            return self.build(Pool::ClusterTls(pool)).await;
+        }
         let config = deadpool_redis::cluster::Config {
-            urls: Some(urls.into_iter().map(Into::into).collect()),
+            urls: Some(urls),
             connections: None,
             pool: Some(self.pool_config()),
             read_from_replicas: false,
@@ -302,10 +423,11 @@ impl RedisStoreBuilder {
         let backend = RedisBackend {
             conns: Connections::new(pool, self.pool_size, max_in_flight, self.timeouts),
             library: Library::new(),
+            mode: self.library,
             out_of_memory: AtomicBool::new(false),
         };
         if !self.lazy {
-            backend.register().await?;
+            backend.ensure_library(Phase::Start).await?;
         }
         Ok(RedisStore {
             core: std::sync::Arc::new(Core::new(backend, self.config)),
@@ -316,6 +438,7 @@ impl RedisStoreBuilder {
 pub(crate) struct RedisBackend {
     conns: Connections,
     library: Library,
+    mode: LibraryMode,
     /// Whether the last write met `OOM`: its log line is written once per
     /// episode, not once per refused request.
     out_of_memory: AtomicBool,
@@ -363,7 +486,7 @@ impl RedisBackend {
                     library = %self.library.name,
                     "session function library missing in Redis (restart, FUNCTION FLUSH or failover); registering it again"
                 );
-                self.register().await?;
+                self.ensure_library(Phase::Request).await?;
                 crate::store::observe::another_attempt(2);
                 self.conns
                     .query(&cmd)

@@ -26,12 +26,15 @@
 #![allow(dead_code, unused_imports)]
 
 mod cluster;
+pub mod deploy;
 pub mod logs;
 pub mod monitor;
 mod resp;
+pub mod sentinel;
 mod server;
 mod stats;
 pub mod stores;
+pub mod tls;
 
 use std::sync::OnceLock;
 

@@ -414,7 +414,7 @@ fn launch(bin: &Path, port: u16, dir: &Path, opts: &ServerOptions) -> Result<Pro
 /// Ctrl-C on `cargo test` does not kill it before it has cleaned up. The
 /// harness kills it (and reaps it) before it reaps the server, so it never
 /// signals a recycled pid.
-fn spawn_watchdog(server_pid: u32, dir: &Path) -> Child {
+pub(crate) fn spawn_watchdog(server_pid: u32, dir: &Path) -> Child {
     const SCRIPT: &str = r#"trap '' INT HUP TERM
 while kill -0 "$1" 2>/dev/null; do sleep 0.5; done
 kill -9 "$2" 2>/dev/null
@@ -452,7 +452,7 @@ fn read_log_from(dir: &Path, offset: u64) -> String {
     read().unwrap_or_default()
 }
 
-fn log_tail(dir: &Path, lines: usize) -> String {
+pub(crate) fn log_tail(dir: &Path, lines: usize) -> String {
     let len = fs::metadata(dir.join("redis.log")).map_or(0, |m| m.len());
     let text = read_log_from(dir, len.saturating_sub(16 * 1024));
     if text.is_empty() {
@@ -485,7 +485,7 @@ pub(crate) fn require_binary(name: &str) -> PathBuf {
     })
 }
 
-fn redis_server_bin() -> &'static Path {
+pub(crate) fn redis_server_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| require_binary("redis-server"))
 }
@@ -504,7 +504,7 @@ pub(crate) fn random_u64() -> u64 {
 }
 
 /// `$TMPDIR/tower-redis-sessions-<pid>-<counter>-<random>`, freshly created.
-fn create_temp_dir() -> PathBuf {
+pub(crate) fn create_temp_dir() -> PathBuf {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     loop {
         let name = format!(
@@ -530,7 +530,7 @@ fn reserved_ports() -> MutexGuard<'static, BTreeSet<u16>> {
 
 /// Picks a random port `p` such that neither `p` nor `p + 10000` is reserved
 /// in this process or currently bound on 127.0.0.1, and reserves both.
-fn reserve_port() -> u16 {
+pub(crate) fn reserve_port() -> u16 {
     for _ in 0..1000 {
         let span = u64::from(PORT_RANGE.end - PORT_RANGE.start);
         let port = PORT_RANGE.start + (random_u64() % span) as u16;
@@ -549,7 +549,7 @@ fn reserve_port() -> u16 {
     panic!("no free port pair (p, p+{BUS_OFFSET}) found in {PORT_RANGE:?} on 127.0.0.1");
 }
 
-fn release_port(port: u16) {
+pub(crate) fn release_port(port: u16) {
     let mut reserved = reserved_ports();
     reserved.remove(&port);
     reserved.remove(&(port + BUS_OFFSET));
