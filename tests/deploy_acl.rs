@@ -21,7 +21,7 @@ use tower_redis_sessions::{RedisStore, StoreConfig, StoreError};
 /// when the pool checks a returned connection.
 const COMMANDS: &str = "+fcall \
     +hget +hmget +hset +del +exists +persist +pexpireat \
-    +zadd +zrem +zrange +zrangebyscore +zcount +zscore +cluster|keyslot +cluster|nodes";
+    +zadd +zrem +zrange +zrangebyscore +zcount +zscore +zcard +zremrangebyscore +pexpiretime +cluster|keyslot +cluster|nodes";
 
 /// `ACL SETUSER <user> ...` for a user that may also load the library
 /// (`LibraryMode::Load`), keys under `prefix` only.

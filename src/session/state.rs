@@ -204,6 +204,9 @@ enum Held {
     Token(Token),
     /// A token, with the deadline its cookie was given.
     Session(Token, Option<Millis>),
+    /// A token known to open nothing: never valid, expired, or ended here
+    /// or by another request. The response tells the client to drop it.
+    Dead,
 }
 
 /// The session a login replaced: retired once the new one is stored.
@@ -278,8 +281,11 @@ impl State {
                         record,
                         pending: Pending::Clean,
                     });
-                } else if self.reject_unknown {
-                    return Err(SessionError::InvalidToken);
+                } else {
+                    self.held = Held::Dead;
+                    if self.reject_unknown {
+                        return Err(SessionError::InvalidToken);
+                    }
                 }
                 Ok(())
             }
@@ -397,7 +403,15 @@ impl State {
             store.delete(token).await?;
         }
         self.changes.clear();
+        self.drop_client_token();
         Ok(())
+    }
+
+    /// The token the client holds opens nothing any more.
+    fn drop_client_token(&mut self) {
+        if self.held != Held::Nothing {
+            self.held = Held::Dead;
+        }
     }
 
     /// Saves the session if it changed, merging on conflicts, then retires
@@ -456,13 +470,21 @@ impl State {
             }
             if attempt >= retry.attempts {
                 // The replaced session keeps changing: give up the login,
-                // and leave the client with the session it has (so say
-                // nothing about its token).
+                // and leave the client with the session it has.
                 self.abandon_login(store).await?;
-                self.held = Held::Nothing;
                 return Err(SessionError::Busy(attempt));
             }
-            self.retire(store).await?;
+            if let Err(e) = self.retire(store).await {
+                if !matches!(e, SessionError::Ended) {
+                    // The old session may or may not be retired (the store
+                    // failed): the new session's token is not handed out,
+                    // so the client keeps the one it has. The new session,
+                    // if stored, is deleted if the store lets us, else it
+                    // expires unseen.
+                    let _ = self.abandon_login(store).await;
+                }
+                return Err(e);
+            }
             attempt += 1;
         }
     }
@@ -524,6 +546,7 @@ impl State {
                 // Ended (logout, revocation, expiry) before the login
                 // completed: it must not live on under the new token.
                 self.abandon_login(store).await?;
+                self.drop_client_token();
                 Err(SessionError::Ended)
             }
         }
@@ -544,6 +567,7 @@ impl State {
     fn gone(&mut self) {
         self.current = None;
         self.changes.clear();
+        self.drop_client_token();
     }
 
     /// Moves the session to a new token of the same hash slot at the next
@@ -576,11 +600,11 @@ impl State {
                 let left = deadline.map(|d| Duration::from_millis(d.saturating_sub(now)));
                 Some(TokenUpdate::Set(c.token.clone(), left))
             }
-            None if self.held == Held::Nothing => None,
-            // A token that opens nothing (ended here, found gone, or never
-            // valid) costs a store call on every request that sends it.
-            None if matches!(self.load, Load::Done) => Some(TokenUpdate::Clear),
-            // Never loaded (the store failed): the token may still be good.
+            // A token that opens nothing costs a store call on every request
+            // that sends it.
+            None if self.held == Held::Dead => Some(TokenUpdate::Clear),
+            // No token, or one that may still be good (never loaded because
+            // the store failed, or kept because a login failed).
             None => None,
         }
     }

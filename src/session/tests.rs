@@ -376,3 +376,95 @@ async fn the_cookie_follows_every_change_of_the_deadline() {
         other => panic!("a new idle timeout must reach the cookie, got {other:?}"),
     }
 }
+
+/// A store whose compare-and-delete fails as if Redis were down.
+struct FailingRetire(MemoryStore);
+
+impl SessionStore for FailingRetire {
+    fn new_token(&self, user: Option<&str>) -> Result<Token, crate::StoreError> {
+        self.0.new_token(user)
+    }
+    fn now(&self) -> crate::store::Millis {
+        self.0.now()
+    }
+    fn load<'a>(&'a self, token: &'a Token) -> crate::store::StoreFuture<'a, Option<Record>> {
+        self.0.load(token)
+    }
+    fn save<'a>(
+        &'a self,
+        token: &'a Token,
+        record: &'a Record,
+    ) -> crate::store::StoreFuture<'a, crate::store::SaveOutcome> {
+        self.0.save(token, record)
+    }
+    fn rotate<'a>(
+        &'a self,
+        from: &'a Token,
+        to: &'a Token,
+        record: &'a Record,
+    ) -> crate::store::StoreFuture<'a, crate::store::SaveOutcome> {
+        self.0.rotate(from, to, record)
+    }
+    fn delete<'a>(&'a self, token: &'a Token) -> crate::store::StoreFuture<'a, bool> {
+        self.0.delete(token)
+    }
+    fn retire<'a>(
+        &'a self,
+        _: &'a Token,
+        _: u64,
+    ) -> crate::store::StoreFuture<'a, crate::store::RetireOutcome> {
+        Box::pin(async { Err(crate::StoreError::Unavailable("Redis unreachable".into())) })
+    }
+    fn list<'a>(
+        &'a self,
+        user: &'a str,
+        kind: Option<&'a str>,
+    ) -> crate::store::StoreFuture<'a, Vec<Record>> {
+        self.0.list(user, kind)
+    }
+    fn revoke<'a>(
+        &'a self,
+        user: &'a str,
+        id: &'a crate::SessionId,
+    ) -> crate::store::StoreFuture<'a, bool> {
+        self.0.revoke(user, id)
+    }
+    fn revoke_all<'a>(
+        &'a self,
+        user: &'a str,
+        kind: Option<&'a str>,
+        keep: Option<&'a Token>,
+    ) -> crate::store::StoreFuture<'a, u64> {
+        self.0.revoke_all(user, kind, keep)
+    }
+}
+
+/// A login whose retirement of the old session fails (the store went away
+/// between the two calls) answers the error, hands out no new token and
+/// leaves the client the token it had, which still opens its session; a
+/// login whose first call fails does not clear the client's token either.
+#[tokio::test]
+async fn a_login_that_fails_midway_keeps_the_clients_token() {
+    let memory = Arc::new(MemoryStore::default());
+    let old = existing(&memory).await;
+    let failing: Arc<dyn SessionStore> = Arc::new(FailingRetire((*memory).clone()));
+    let s = Session::new(failing, policy(), Some(old.clone()), false);
+    s.login("ada").await.unwrap();
+    let err = s.save().await.unwrap_err();
+    assert!(
+        matches!(&err, SessionError::Store(e) if e.is_unavailable()),
+        "{err:?}"
+    );
+    assert!(
+        s.finish(false).await.unwrap().is_none(),
+        "no new token, no clearing"
+    );
+    assert!(
+        memory.load(&old).await.unwrap().is_some(),
+        "the old session still opens"
+    );
+    assert!(
+        memory.list("ada", None).await.unwrap().is_empty(),
+        "the new one was deleted"
+    );
+}
