@@ -5,15 +5,14 @@
 //! (`cargo build --examples --all-features` builds it).
 
 mod common;
+#[path = "common/process.rs"]
+mod process;
 
-use std::io::{BufRead, BufReader, Read};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, mpsc};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::ServerOptions;
 use common::sentinel::SentinelSet;
+use process::App;
 
 /// Every variable the demo reads about Redis, cleared unless a test sets it.
 const REDIS_VARS: &[&str] = &[
@@ -26,124 +25,17 @@ const REDIS_VARS: &[&str] = &[
     "REDIS_CLIENT_KEY",
 ];
 
-fn demo_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
-    let path = profile_dir.join("examples").join("demo");
-    assert!(
-        path.is_file(),
-        "{} is not built (run `cargo build --examples --all-features`)",
-        path.display()
-    );
-    path
-}
-
-/// The demo, running; killed on drop.
-struct Demo {
-    child: Child,
-    stdout: mpsc::Receiver<String>,
-    stderr: Arc<Mutex<String>>,
-}
-
-impl Demo {
-    fn start(env: &[(&str, String)]) -> Demo {
-        let mut command = Command::new(demo_binary());
-        for var in REDIS_VARS {
-            command.env_remove(var);
-        }
-        command
-            .env("BIND", "127.0.0.1:0")
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = command.spawn().unwrap();
-        let (tx, stdout) = mpsc::channel();
-        let out = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let err = child.stderr.take().unwrap();
-        let sink = stderr.clone();
-        std::thread::spawn(move || {
-            let mut reader = BufReader::new(err);
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = reader.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
-        Demo {
-            child,
-            stdout,
-            stderr,
-        }
-    }
-
-    /// The base URL from the `listening on http://<addr>` line.
-    fn wait_listening(&self) -> String {
-        let line = self
-            .stdout
-            .recv_timeout(Duration::from_secs(30))
-            .unwrap_or_else(|_| panic!("no `listening on` line; stderr:\n{}", self.stderr()));
-        let addr = line
-            .strip_prefix("listening on http://")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
-        format!("http://{addr}")
-    }
-
-    fn stderr(&self) -> String {
-        self.stderr.lock().unwrap().clone()
-    }
-
-    /// Stderr once it contains `text`.
-    fn stderr_with(&self, text: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let stderr = self.stderr();
-            if stderr.contains(text) {
-                return stderr;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "stderr never said {text:?}:\n{stderr}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Waits for the demo to exit (it should fail at start-up).
-    fn wait_exit(&mut self) -> Option<i32> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status.code();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the demo did not exit; stderr:\n{}",
-                self.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Demo {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The compiled demo with `env` (and `BIND` on a free port), every other
+/// Redis variable cleared; the process harness is `common/process.rs`.
+fn start_demo(env: &[(&str, String)]) -> App {
+    let mut vars: Vec<(&str, &str)> = vec![("BIND", "127.0.0.1:0")];
+    vars.extend(env.iter().map(|(k, v)| (*k, v.as_str())));
+    let clear: Vec<&str> = REDIS_VARS
+        .iter()
+        .copied()
+        .filter(|var| !env.iter().any(|(k, _)| k == var))
+        .collect();
+    App::start("demo", &vars, &clear)
 }
 
 async fn serves(base: &str) {
@@ -170,7 +62,7 @@ async fn serves(base: &str) {
 async fn rediss_with_a_ca_and_a_client_certificate() {
     let server = common::tls::TlsServer::start(true);
     let path = |name: &str| server.certs.path(name).display().to_string();
-    let demo = Demo::start(&[
+    let demo = start_demo(&[
         ("REDIS_URL", server.url()),
         ("REDIS_CA_CERT", path("ca.crt")),
         ("REDIS_CLIENT_CERT", path("client.crt")),
@@ -192,21 +84,21 @@ async fn rediss_with_a_ca_and_a_client_certificate() {
 #[tokio::test]
 async fn rediss_without_the_client_certificate_fails_at_start_up() {
     let server = common::tls::TlsServer::start(true);
-    let mut demo = Demo::start(&[
+    let mut demo = start_demo(&[
         ("REDIS_URL", server.url()),
         (
             "REDIS_CA_CERT",
             server.certs.path("ca.crt").display().to_string(),
         ),
     ]);
-    assert_eq!(demo.wait_exit(), Some(1));
+    assert_eq!(demo.wait_exit().code(), Some(1));
     assert!(demo.stderr().contains("demo: error:"), "{}", demo.stderr());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sentinels_and_the_primary_name() {
     let set = tokio::task::block_in_place(|| SentinelSet::start("demo", ServerOptions::default()));
-    let demo = Demo::start(&[
+    let demo = start_demo(&[
         ("REDIS_SENTINELS", set.sentinel_addrs().join(",")),
         ("REDIS_SENTINEL_MASTER", "demo".to_owned()),
     ]);
@@ -221,8 +113,8 @@ async fn sentinels_and_the_primary_name() {
 
 #[tokio::test]
 async fn sentinels_without_the_primary_name_is_an_error() {
-    let mut demo = Demo::start(&[("REDIS_SENTINELS", "127.0.0.1:1".to_owned())]);
-    assert_eq!(demo.wait_exit(), Some(1));
+    let mut demo = start_demo(&[("REDIS_SENTINELS", "127.0.0.1:1".to_owned())]);
+    assert_eq!(demo.wait_exit().code(), Some(1));
     assert!(
         demo.stderr().contains("REDIS_SENTINEL_MASTER"),
         "{}",
