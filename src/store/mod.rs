@@ -39,13 +39,16 @@ pub(crate) mod core;
 pub(crate) mod keys;
 mod library;
 mod memory;
+pub mod near_cache;
 mod pool;
 mod redis;
 mod reply;
+mod tracking;
 mod turns;
 
 pub use self::core::StoreStats;
 pub use self::memory::MemoryStore;
+pub use self::near_cache::{NearCache, NearCacheStats};
 pub use self::redis::{RedisStore, RedisStoreBuilder};
 pub(crate) use self::turns::SaveLocks;
 pub use self::turns::SaveTurn;

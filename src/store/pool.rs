@@ -265,6 +265,6 @@ fn lock(slot: &Mutex<Option<Lease>>) -> std::sync::MutexGuard<'_, Option<Lease>>
 }
 
 /// Errors after which a connection cannot be trusted to carry more calls.
-fn is_broken(e: &RedisError) -> bool {
+pub(crate) fn is_broken(e: &RedisError) -> bool {
     e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error()
 }
