@@ -409,7 +409,8 @@ end
 KEYS[1] session key; KEYS[2] the owner's user index (absent if anonymous)
 ARGV    expected version, blob, now, idle (ms), absolute deadline (ms),
         kind, nonce (unique per save), cap (most live sessions per user
-        index, 0 = no cap)
+        index, 0 = no cap), and optionally 1 if the caller tracks the key
+        (client-side caching: the key is read again after the writes)
 Reply   {'saved', new version, keys of the other sessions it ended (I5)...}
       | {'conflict', version, blob, last seen}  stored version differs (I1, I2);
                                                 the caller merges without a read
@@ -484,10 +485,10 @@ local function save(keys, args)
       refresh_index_expiry(owner)
     end
   end
-  -- Read after the writes: a caller tracking keys (its near cache) keeps
-  -- tracking this one. The sessions it ended besides its own, for callers
-  -- that cache them.
-  redis.call('EXISTS', key)
+  -- Read after the writes, for a caller tracking keys (its near cache:
+  -- ARGV[9] = 1), which so keeps tracking this one. The sessions it ended
+  -- besides its own, for callers that cache them.
+  if args[9] == '1' then redis.call('EXISTS', key) end
   return {'saved', version, unpack(doomed)}
 end
 
@@ -541,10 +542,10 @@ local function rotate(keys, args)
   write(key, index, version, args, idle_arg, absolute_arg, d, nil)
   end_sessions(index, doomed)
   if index ~= '' then index_put(index, key, d, dead) end
-  -- Read after the writes: a caller tracking keys (its near cache) keeps
-  -- tracking this one. The sessions it ended besides its own, for callers
-  -- that cache them.
-  redis.call('EXISTS', key)
+  -- Read after the writes, for a caller tracking keys (its near cache:
+  -- ARGV[9] = 1), which so keeps tracking this one. The sessions it ended
+  -- besides its own, for callers that cache them.
+  if args[9] == '1' then redis.call('EXISTS', key) end
   return {'saved', version, unpack(doomed)}
 end
 

@@ -180,6 +180,9 @@ pub struct NearCacheStats {
     pub heartbeats: u64,
 }
 
+// Most slots hold a session: boxing it would add an allocation per entry
+// for the rare pending marker's sake.
+#[allow(clippy::large_enum_variant)]
 enum Slot {
     /// A call reading (and maybe writing) this key is on its way, marked
     /// `id`; `seen` invalidations of the key arrived since the mark, besides

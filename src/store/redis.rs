@@ -428,7 +428,7 @@ impl RedisBackend {
                 // Silent, down or broke: every library call is safe to send
                 // again (a save is applied at most once, I6). A timeout here
                 // is at most `max_staleness`, added to the call's bound.
-                Sent::TimedOut | Sent::NotSent => {}
+                Sent::TimedOut | Sent::Elsewhere => {}
             }
         }
         Ok((self.fcall(cmd).await?, false))
@@ -453,7 +453,9 @@ impl RedisBackend {
             .arg(w.absolute)
             .arg(w.kind)
             .arg(w.nonce)
-            .arg(w.cap);
+            .arg(w.cap)
+            // Over the invalidation connection: keep tracking the key.
+            .arg(u8::from(near && self.tracking.is_some()));
         let reply: RawSave = if near {
             match self.fcall_near(cmd).await? {
                 (RawSave::Saved(version, ended, _), tracked) => {
@@ -603,7 +605,7 @@ const NUM: usize = 20;
 
 /// The number and total size of the arguments [`RedisBackend::write`] adds.
 fn write_size(w: &Write<'_>) -> (usize, usize) {
-    (8, 5 * NUM + w.blob.len() + w.kind.len() + w.nonce.len())
+    (9, 6 * NUM + w.blob.len() + w.kind.len() + w.nonce.len())
 }
 
 impl Backend for RedisBackend {

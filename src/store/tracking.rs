@@ -53,7 +53,7 @@ pub(crate) enum Sent<T> {
     /// the call may or may not have run.
     TimedOut,
     /// The connection is down or broke (the cache is emptied): send it elsewhere.
-    NotSent,
+    Elsewhere,
 }
 
 impl Drop for Tracking {
@@ -119,7 +119,7 @@ impl Tracking {
     /// slow cannot prove the cache fresh anyway).
     pub(crate) async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> Sent<T> {
         let Some((mut conn, generation)) = self.current() else {
-            return Sent::NotSent;
+            return Sent::Elsewhere;
         };
         let patience = self
             .shared
@@ -133,7 +133,7 @@ impl Tracking {
             }
             Ok(Err(e)) if crate::store::pool::is_broken(&e) => {
                 self.fail(generation);
-                Sent::NotSent
+                Sent::Elsewhere
             }
             Ok(Err(e)) => Sent::Reply(Err(e)),
             Err(_) => {
