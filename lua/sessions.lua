@@ -336,7 +336,7 @@ end
 --[[ load
 KEYS[1] session key
 ARGV    now, touch interval (ms)
-Reply   nil (absent or expired) | {version, blob, last seen}
+Reply   nil (absent or expired) | {version, blob, last seen[, 1 if it wrote the key]}
 Sliding expiry rides on this call: when the session has an idle timeout and
 was last seen at least min(touch interval, idle timeout / 2) ago, last seen
 becomes `now` and the key's expiry (and its index score, I3) move forward. A
@@ -388,6 +388,10 @@ local function load(keys, args)
     -- Capped by the absolute deadline, the deadline may stay where it is:
     -- then so do the key's expiry and the index score.
     if moved ~= d then set_expiry(key, moved) end
+    -- The caller's near cache learns that this load wrote, and (by this
+    -- read after the writes) Redis keeps tracking the key for it.
+    f[4], f[5] = 1, nil
+    redis.call('EXISTS', key)
   end
   if index and index ~= '' and score ~= moved then
     if score then
@@ -405,8 +409,9 @@ end
 KEYS[1] session key; KEYS[2] the owner's user index (absent if anonymous)
 ARGV    expected version, blob, now, idle (ms), absolute deadline (ms),
         kind, nonce (unique per save), cap (most live sessions per user
-        index, 0 = no cap)
-Reply   {'saved', new version}
+        index, 0 = no cap), and optionally 1 if the caller tracks the key
+        (client-side caching: the key is read again after the writes)
+Reply   {'saved', new version, keys of the other sessions it ended (I5)...}
       | {'conflict', version, blob, last seen}  stored version differs (I1, I2);
                                                 the caller merges without a read
       | {'gone'}                                 the session no longer exists (I2)
@@ -480,7 +485,11 @@ local function save(keys, args)
       refresh_index_expiry(owner)
     end
   end
-  return {'saved', version}
+  -- Read after the writes, for a caller tracking keys (its near cache:
+  -- ARGV[9] = 1), which so keeps tracking this one. The sessions it ended
+  -- besides its own, for callers that cache them.
+  if args[9] == '1' then redis.call('EXISTS', key) end
+  return {'saved', version, unpack(doomed)}
 end
 
 --[[ rotate (compare-and-move)
@@ -533,7 +542,11 @@ local function rotate(keys, args)
   write(key, index, version, args, idle_arg, absolute_arg, d, nil)
   end_sessions(index, doomed)
   if index ~= '' then index_put(index, key, d, dead) end
-  return {'saved', version}
+  -- Read after the writes, for a caller tracking keys (its near cache:
+  -- ARGV[9] = 1), which so keeps tracking this one. The sessions it ended
+  -- besides its own, for callers that cache them.
+  if args[9] == '1' then redis.call('EXISTS', key) end
+  return {'saved', version, unpack(doomed)}
 end
 
 -- What delete and retire read of a session: its fields, and its owner's

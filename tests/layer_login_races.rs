@@ -40,8 +40,10 @@ impl Apps {
         let prefix = http::unique_prefix(test);
         let keyring = Keyring::new([11u8; 32]).unwrap();
         let config = || StoreConfig::new(keyring.clone()).prefix(prefix.clone());
-        let a = Arc::new(RedisStore::connect(&proxy.url(), config()).await.unwrap());
-        let b = Arc::new(RedisStore::connect(&redis.url(), config()).await.unwrap());
+        // TRS_TEST_NEAR_CACHE=1 runs both with the near cache.
+        let builder = || RedisStore::builder(config()).near_cache(http::near_cache_from_env());
+        let a = Arc::new(builder().connect(&proxy.url()).await.unwrap());
+        let b = Arc::new(builder().connect(&redis.url()).await.unwrap());
         let library = a.library_name().to_owned();
         let serve = |store: Arc<RedisStore>| {
             demo_app::routes()

@@ -37,6 +37,9 @@
 //!   absolute lifetime of new sessions, in ms (0 = none; defaults: the
 //!   layer's, 24 hours and 30 days).
 //! - `SESSION_TOUCH_MS`: the store's touch interval (default 60 s).
+//! - `SESSION_NEAR_CACHE=0|1`: the per-process near cache of sessions
+//!   (default: the crate's default, off), single Redis only;
+//!   `SESSION_MAX_STALENESS_MS` its staleness bound (default 300).
 //! - `SESSION_MAX_PER_USER`: the most sessions one user may have (default:
 //!   the store's, 100); a login beyond it ends the user's oldest sessions.
 //! - `SESSION_ENCRYPT=1`: seal sessions encrypted (private records) rather
@@ -56,7 +59,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use tokio::net::TcpListener;
-use tower_redis_sessions::store::{SessionStore, TlsConfig};
+use tower_redis_sessions::store::{NearCache, SessionStore, TlsConfig};
 use tower_redis_sessions::{
     CookieConfig, Keyring, MIN_SECRET_LEN, MemoryStore, RedisStore, RedisStoreBuilder,
     SessionLayer, StoreConfig,
@@ -106,6 +109,7 @@ async fn run() -> Result<(), BoxError> {
 
     // Kept alive until `run` returns; dropping it stops the redis-server.
     let mut throwaway = None;
+    let near = near_cache()?;
     let router = if let Some(sentinels) = env("REDIS_SENTINELS") {
         let (store, shown) = connect_sentinel(&sentinels, config).await?;
         banner(&shown);
@@ -113,6 +117,7 @@ async fn run() -> Result<(), BoxError> {
     } else if let Some(url) = env("REDIS_URL") {
         let (tls, shown) = tls_from_env(&url)?;
         let store = with_tls(RedisStore::builder(config), tls)
+            .near_cache(near)
             .connect(&url)
             .await?;
         banner(&format!("Redis at {}{shown}", redact(&url)));
@@ -141,7 +146,10 @@ async fn run() -> Result<(), BoxError> {
         // Assigned before connecting, so the server is stopped if that fails.
         let pid = server.child.id();
         throwaway = Some(server);
-        let store = RedisStore::connect(&url, config).await?;
+        let store = RedisStore::builder(config)
+            .near_cache(near)
+            .connect(&url)
+            .await?;
         banner(&format!(
             "a throwaway redis-server at {url} (pid {pid}, no persistence, stopped on exit); \
              set REDIS_URL or REDIS_CLUSTER_URLS to use your own"
@@ -310,6 +318,28 @@ fn millis_var(name: &str) -> Result<Option<u64>, BoxError> {
                 .map_err(|_| format!("{name} must be a whole number, not {v:?}").into())
         })
         .transpose()
+}
+
+/// The near cache from `SESSION_NEAR_CACHE` and `SESSION_MAX_STALENESS_MS`.
+fn near_cache() -> Result<NearCache, BoxError> {
+    let mut cache = match env("SESSION_NEAR_CACHE").as_deref() {
+        None => NearCache::default(),
+        Some("1") => NearCache::new(),
+        Some("0") => NearCache::off(),
+        Some(other) => {
+            return Err(format!("SESSION_NEAR_CACHE must be 0 or 1, not {other:?}").into());
+        }
+    };
+    if let Some(ms) = millis_var("SESSION_MAX_STALENESS_MS")? {
+        cache = cache.max_staleness(Duration::from_millis(ms));
+    }
+    if cache.is_enabled() {
+        eprintln!(
+            "demo: near cache on, max staleness {:?}",
+            cache.get_max_staleness()
+        );
+    }
+    Ok(cache)
 }
 
 /// A non-empty environment variable.

@@ -12,6 +12,7 @@
 //! markdown table. See BENCHMARKS.md for what each number means.
 
 mod client;
+mod delay;
 mod redis_server;
 mod servers;
 
@@ -20,6 +21,8 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+
+use tower_redis_sessions::store::NearCache;
 
 use hyper::header::HeaderValue;
 
@@ -43,6 +46,9 @@ usage: cargo run --release -p loadtest -- [options]
                        (to profile one server; ratios need this crate, the peer and the floor)
   --out FILE           also write the report to FILE
   --redis-server PATH  the redis-server binary (default: redis-server on PATH)
+ --redis-delay-us N   add N µs to every round trip to Redis (a delaying proxy; default 0)
+  --redis-cpu N        pin redis-server to CPU N (taskset); run the harness itself under
+                       `taskset -c M` so that app and Redis do not share a core
   --serve DIR          only serve for an outside load generator (e.g. wrk): write each
                        server's address and session cookies to DIR, then wait for Ctrl-C
 ";
@@ -61,6 +67,8 @@ struct Args {
     out: Option<String>,
     redis_server: String,
     serve: Option<String>,
+    redis_delay_us: u64,
+    redis_cpu: Option<usize>,
 }
 
 impl Args {
@@ -78,6 +86,8 @@ impl Args {
             out: None,
             redis_server: "redis-server".to_owned(),
             serve: None,
+            redis_delay_us: 0,
+            redis_cpu: None,
         };
         let mut it = std::env::args().skip(1);
         while let Some(flag) = it.next() {
@@ -102,6 +112,8 @@ impl Args {
                 "--out" => args.out = Some(value),
                 "--redis-server" => args.redis_server = value,
                 "--serve" => args.serve = Some(value),
+                "--redis-delay-us" => args.redis_delay_us = int(&value)? as u64,
+                "--redis-cpu" => args.redis_cpu = Some(int(&value)?),
                 _ => return Err(format!("unknown option {flag}")),
             }
         }
@@ -116,6 +128,8 @@ enum Server {
     Ours,
     /// This crate, touch interval 0: every load slides the idle deadline.
     OursSliding,
+    /// This crate with the near cache on (default settings).
+    OursCached,
     /// tower-sessions + tower-sessions-redis-store.
     Peer,
     /// The same with `always_save`, its way to slide the expiry.
@@ -124,9 +138,10 @@ enum Server {
     Floor,
 }
 
-const SERVERS: [Server; 5] = [
+const SERVERS: [Server; 6] = [
     Server::Ours,
     Server::OursSliding,
+    Server::OursCached,
     Server::Peer,
     Server::PeerAlwaysSave,
     Server::Floor,
@@ -137,6 +152,7 @@ impl Server {
         match self {
             Server::Ours => "tower-redis-sessions",
             Server::OursSliding => "tower-redis-sessions (touch 0)",
+            Server::OursCached => "tower-redis-sessions (near cache)",
             Server::Peer => "tower-sessions",
             Server::PeerAlwaysSave => "tower-sessions (always_save)",
             Server::Floor => "floor",
@@ -147,6 +163,7 @@ impl Server {
     fn variant(self) -> &'static str {
         match self {
             Server::OursSliding => "touch 0",
+            Server::OursCached => "near cache",
             Server::PeerAlwaysSave => "always_save",
             _ => self.label(),
         }
@@ -157,6 +174,7 @@ impl Server {
         match self {
             Server::Ours => "ours",
             Server::OursSliding => "ours-touch0",
+            Server::OursCached => "ours-cache",
             Server::Peer => "peer",
             Server::PeerAlwaysSave => "peer-always-save",
             Server::Floor => "floor",
@@ -164,13 +182,19 @@ impl Server {
     }
 
     fn is_ours(self) -> bool {
-        matches!(self, Server::Ours | Server::OursSliding)
+        matches!(
+            self,
+            Server::Ours | Server::OursSliding | Server::OursCached
+        )
     }
 }
 
 /// Commands the function library runs inside an `FCALL`: Redis counts them
 /// in `INFO commandstats` too.
-const INSIDE_FUNCTIONS: [&str; 10] = [
+const INSIDE_FUNCTIONS: [&str; 13] = [
+    "exists",
+    "zscore",
+    "zcount",
     "hmget",
     "hget",
     "hset",
@@ -215,14 +239,24 @@ const SCENARIOS: [Scenario; 6] = [
         name: "read only",
         path: "/read",
         kind: Kind::Sessions,
-        servers: &[Server::Ours, Server::Peer, Server::Floor],
+        servers: &[
+            Server::Ours,
+            Server::Peer,
+            Server::Floor,
+            Server::OursCached,
+        ],
     },
     Scenario {
         key: "write",
         name: "read + write",
         path: "/write",
         kind: Kind::Sessions,
-        servers: &[Server::Ours, Server::Peer, Server::Floor],
+        servers: &[
+            Server::Ours,
+            Server::Peer,
+            Server::Floor,
+            Server::OursCached,
+        ],
     },
     Scenario {
         key: "sliding",
@@ -234,6 +268,7 @@ const SCENARIOS: [Scenario; 6] = [
             Server::PeerAlwaysSave,
             Server::Floor,
             Server::OursSliding,
+            Server::OursCached,
         ],
     },
     Scenario {
@@ -344,8 +379,20 @@ fn main() {
 
 fn run(args: Args) -> Result<(), String> {
     let redis = RedisServer::start(&args.redis_server)?;
-    let url = redis.url();
+    let mut url = redis.url();
     eprintln!("redis-server {} on {url}", redis.version);
+    if let Some(cpu) = args.redis_cpu {
+        redis.pin(cpu)?;
+        eprintln!("redis-server pinned to CPU {cpu}");
+    }
+    if args.redis_delay_us > 0 {
+        let port = delay::start(redis.port, Duration::from_micros(args.redis_delay_us))?;
+        url = format!("redis://127.0.0.1:{port}");
+        eprintln!(
+            "apps reach Redis through {url}, +{} µs per round trip",
+            args.redis_delay_us
+        );
+    }
 
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
     let server_rt = tokio::runtime::Builder::new_multi_thread()
@@ -359,9 +406,16 @@ fn run(args: Args) -> Result<(), String> {
         for server in SERVERS {
             let app = match server {
                 Server::Ours => {
-                    servers::ours::app(&url, args.pool, Duration::from_secs(60)).await?
+                    servers::ours::app(&url, args.pool, Duration::from_secs(60), NearCache::off())
+                        .await?
                 }
-                Server::OursSliding => servers::ours::app(&url, args.pool, Duration::ZERO).await?,
+                Server::OursSliding => {
+                    servers::ours::app(&url, args.pool, Duration::ZERO, NearCache::off()).await?
+                }
+                Server::OursCached => {
+                    servers::ours::app(&url, args.pool, Duration::from_secs(60), NearCache::new())
+                        .await?
+                }
                 Server::Peer => servers::peer::app(&url, args.pool, false).await?,
                 Server::PeerAlwaysSave => servers::peer::app(&url, args.pool, true).await?,
                 Server::Floor => servers::floor::app(&url).await?,
@@ -642,6 +696,16 @@ fn report(
         args.sessions,
         args.pool
     );
+    if args.redis_delay_us > 0 || args.redis_cpu.is_some() {
+        let _ = writeln!(
+            out,
+            "Redis: +{} µs per round trip (delaying proxy){}.",
+            args.redis_delay_us,
+            args.redis_cpu
+                .map(|c| format!(", redis-server pinned to CPU {c}"))
+                .unwrap_or_default()
+        );
+    }
     let _ = writeln!(out);
     let _ = writeln!(
         out,
@@ -715,6 +779,15 @@ fn report(
             let cmds = ours.per_request(top_level(server, &ours.commands).0);
             let one = (cmds - 1.0).abs() < 0.01;
             let (goal, met) = match scenario.key {
+                "read" if server == Server::OursCached => (
+                    ">= 1.5x floor, >= 2x tower-sessions (near cache)",
+                    Some(vs_floor >= 1.5 && vs_peer >= 2.0),
+                ),
+                "write" if server == Server::OursCached => (
+                    ">= 1.0x floor, >= 1.3x tower-sessions, 1 command/request (near cache)",
+                    Some(vs_floor >= 1.0 && vs_peer >= 1.3 && one),
+                ),
+                _ if server == Server::OursCached => ("(none set)", None),
                 "untouched" => ("0 commands/request", Some(cmds == 0.0)),
                 "read" => (
                     ">= 0.9x floor, >= 1.0x tower-sessions, 1 command/request",

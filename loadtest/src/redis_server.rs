@@ -66,6 +66,20 @@ impl RedisServer {
         Err(format!("redis-server did not start: {last}"))
     }
 
+    /// Pins the server to CPU `cpu` (`taskset -pc`).
+    pub fn pin(&self, cpu: usize) -> Result<(), String> {
+        let status = Command::new("taskset")
+            .args(["-pc", &cpu.to_string(), &self.child.id().to_string()])
+            .stdout(Stdio::null())
+            .status()
+            .map_err(|e| format!("cannot run taskset: {e}"))?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(format!("taskset failed: {status}"))
+        }
+    }
+
     fn wait_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {

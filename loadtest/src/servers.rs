@@ -42,6 +42,7 @@ const IDLE: Duration = Duration::from_secs(24 * 3600);
 
 pub mod ours {
     use super::*;
+    use tower_redis_sessions::store::NearCache;
     use tower_redis_sessions::{
         Keyring, RedisStore, Session, SessionError, SessionLayer, StoreConfig,
     };
@@ -49,13 +50,19 @@ pub mod ours {
     /// A server of this crate. `touch` is the store's touch interval: the
     /// default (60 s) for the plain scenarios, zero for sliding expiry (every
     /// load extends the idle deadline).
-    pub async fn app(url: &str, pool: usize, touch: Duration) -> Result<Router, String> {
+    pub async fn app(
+        url: &str,
+        pool: usize,
+        touch: Duration,
+        near: NearCache,
+    ) -> Result<Router, String> {
         let keyring = Keyring::new([42u8; 32]).map_err(|e| e.to_string())?;
         let config = StoreConfig::new(keyring)
             .prefix("bench:")
             .touch_interval(touch);
         let store = RedisStore::builder(config)
             .pool_size(pool)
+            .near_cache(near)
             .connect(url)
             .await
             .map_err(|e| e.to_string())?;

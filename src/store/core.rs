@@ -4,12 +4,14 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::envelope::{Codec, Meta};
 use crate::record::{Millis, Record, millis};
 use crate::store::keys::KeySpace;
 use crate::store::observe::{Calls, observe, rejected_blob};
+use crate::store::near_cache::{Near, NearCacheStats};
 use crate::store::{
     Clock, RetireOutcome, SaveLocks, SaveOutcome, SaveTurn, SessionStore, StoreConfig, StoreError,
     StoreFuture,
@@ -21,10 +23,18 @@ pub(crate) struct Raw {
     pub(crate) version: u64,
     pub(crate) blob: Vec<u8>,
     pub(crate) last_seen: Millis,
+    /// The load that returned it wrote the key (moved the idle deadline).
+    pub(crate) wrote: bool,
+    /// It came over the near cache's invalidation connection, which now
+    /// tracks the key: only such a reply may be cached.
+    pub(crate) tracked: bool,
 }
 
 pub(crate) enum RawSave {
-    Saved(u64),
+    /// Written: the new version, the other sessions the save ended (a
+    /// user's oldest, over the cap) as keys, and whether the reply came over
+    /// the near cache's invalidation connection (see [`Raw::tracked`]).
+    Saved(u64, Vec<String>, bool),
     Conflict(Raw),
     Gone,
     /// A rotation's new key already exists.
@@ -137,6 +147,13 @@ pub(crate) trait Backend: Send + Sync + 'static {
         kind: Option<&str>,
         keep: Option<&str>,
     ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// Returns once every invalidation of a change made before the call
+    /// reached the near cache (or the cache was emptied). Without a cache,
+    /// at once.
+    fn barrier(&self) -> impl Future<Output = ()> + Send {
+        std::future::ready(())
+    }
 }
 
 /// Counters of what a store refused or resolved. Cheap to read at any time.
@@ -179,6 +196,8 @@ pub(crate) struct Core<B> {
     /// Saves of one session by requests of this process take turns.
     locks: SaveLocks,
     calls: Calls,
+    /// The near cache, when on.
+    near: Option<Arc<Near>>,
 }
 
 impl<B: Backend> Core<B> {
@@ -196,6 +215,36 @@ impl<B: Backend> Core<B> {
             nonce_next: AtomicU64::new(0),
             locks: SaveLocks::default(),
             calls: Calls::default(),
+            near: None,
+        }
+    }
+
+    /// The same store with a near cache in front of its loads.
+    pub(crate) fn with_near(mut self, near: Option<Arc<Near>>) -> Core<B> {
+        self.near = near;
+        self
+    }
+
+    /// The near cache's counters, if it is on.
+    pub(crate) fn near_stats(&self) -> Option<NearCacheStats> {
+        self.near.as_ref().map(|near| near.stats())
+    }
+
+    /// Until when (application clock) a cached `record` may be served: while
+    /// a load would not extend its idle deadline (the rule of the library's
+    /// `load`), and before its deadline.
+    fn serve_until(&self, record: &Record) -> Millis {
+        let mut until = record.deadline().unwrap_or(Millis::MAX);
+        if let Some(idle) = record.idle_timeout {
+            let every = self.touch.min(millis(idle) / 2);
+            until = until.min(record.last_seen.saturating_add(every));
+        }
+        until
+    }
+
+    fn evict(&self, key: &str) {
+        if let Some(near) = &self.near {
+            near.evict(key);
         }
     }
 
@@ -252,8 +301,31 @@ impl<B: Backend> Core<B> {
         let id = token.id();
         let key = self.keys.session(token.tag(), &id);
         let now = self.now();
-        let raw = self.backend.load(&key, now, self.touch).await?;
-        Ok(raw.and_then(|raw| self.open(&key, id, &raw, now)))
+        let Some(near) = &self.near else {
+            let raw = self.backend.load(&key, now, self.touch).await?;
+            return Ok(raw.and_then(|raw| self.open(&key, id, &raw, now)));
+        };
+        if let Some(record) = near.get(&key, now) {
+            return Ok(Some(record));
+        }
+        let mark = near.begin(&key);
+        let raw = match self.backend.load(&key, now, self.touch).await {
+            Ok(raw) => raw,
+            Err(e) => {
+                near.evict(&key);
+                return Err(e);
+            }
+        };
+        // A load that moved the idle deadline wrote the key.
+        let wrote = raw.as_ref().is_some_and(|raw| raw.wrote);
+        let tracked = raw.as_ref().is_some_and(|raw| raw.tracked);
+        let record = raw.and_then(|raw| self.open(&key, id, &raw, now));
+        if let Some(mark) = mark {
+            let until = record.as_ref().map_or(0, |r| self.serve_until(r));
+            let cached = record.clone().filter(|_| tracked);
+            near.finish(&key, mark, cached, until, wrote);
+        }
+        Ok(record)
     }
 
     pub(crate) async fn save(
@@ -262,7 +334,37 @@ impl<B: Backend> Core<B> {
         record: &Record,
     ) -> Result<SaveOutcome, StoreError> {
         let sealed = self.seal(token, record)?;
-        let raw = self.backend.save(sealed.write(record)).await?;
+        let Some(near) = &self.near else {
+            let raw = self.backend.save(sealed.write(record)).await?;
+            return self.outcome(raw, token, sealed.now);
+        };
+        let mark = near.begin(&sealed.key);
+        let raw = match self.backend.save(sealed.write(record)).await {
+            Ok(raw) => raw,
+            Err(e) => {
+                near.evict(&sealed.key);
+                return Err(e);
+            }
+        };
+        let saved = match &raw {
+            RawSave::Saved(version, ended, tracked) => {
+                for key in ended {
+                    near.evict(key);
+                }
+                let mut saved = record.clone();
+                saved.version = *version;
+                saved.last_seen = sealed.now;
+                Some(saved).filter(|_| *tracked)
+            }
+            _ => None,
+        };
+        match mark {
+            Some(mark) => {
+                let until = saved.as_ref().map_or(0, |r| self.serve_until(r));
+                near.finish(&sealed.key, mark, saved, until, true);
+            }
+            None => near.evict(&sealed.key),
+        }
         self.outcome(raw, token, sealed.now)
     }
 
@@ -279,8 +381,15 @@ impl<B: Backend> Core<B> {
         }
         let sealed = self.seal(to, record)?;
         let old = self.session_key(from);
-        let raw = self.backend.rotate(&old, sealed.write(record)).await?;
-        self.outcome(raw, from, sealed.now)
+        self.evict(&old);
+        self.evict(&sealed.key);
+        let raw = self.backend.rotate(&old, sealed.write(record)).await;
+        self.evict(&old);
+        self.evict(&sealed.key);
+        if let Ok(RawSave::Saved(_, ended, _)) = &raw {
+            ended.iter().for_each(|key| self.evict(key));
+        }
+        self.outcome(raw?, from, sealed.now)
     }
 
     /// Checks `record` against `token` and seals it for the token's key.
@@ -330,7 +439,7 @@ impl<B: Backend> Core<B> {
     /// record of `token`, the session written to.
     fn outcome(&self, raw: RawSave, token: &Token, now: Millis) -> Result<SaveOutcome, StoreError> {
         Ok(match raw {
-            RawSave::Saved(version) => SaveOutcome::Saved { version },
+            RawSave::Saved(version, _, _) => SaveOutcome::Saved { version },
             RawSave::Conflict(raw) => {
                 self.counters.conflicts.fetch_add(1, Ordering::Relaxed);
                 let id = token.id();
@@ -354,9 +463,11 @@ impl<B: Backend> Core<B> {
     }
 
     pub(crate) async fn delete(&self, token: &Token) -> Result<bool, StoreError> {
-        self.backend
-            .delete(&self.session_key(token), None, self.now())
-            .await
+        let key = self.session_key(token);
+        self.evict(&key);
+        let deleted = self.backend.delete(&key, None, self.now()).await;
+        self.evict(&key);
+        deleted
     }
 
     pub(crate) async fn retire(
@@ -367,7 +478,10 @@ impl<B: Backend> Core<B> {
         let id = token.id();
         let key = self.keys.session(token.tag(), &id);
         let now = self.now();
-        Ok(match self.backend.retire(&key, version, now).await? {
+        self.evict(&key);
+        let retired = self.backend.retire(&key, version, now).await;
+        self.evict(&key);
+        Ok(match retired? {
             RawRetire::Deleted => RetireOutcome::Deleted,
             RawRetire::Conflict(raw) => {
                 self.counters.conflicts.fetch_add(1, Ordering::Relaxed);
@@ -406,7 +520,10 @@ impl<B: Backend> Core<B> {
     pub(crate) async fn revoke(&self, user: &str, id: &SessionId) -> Result<bool, StoreError> {
         let (tag, index) = self.user_index(user);
         let key = self.keys.session(tag, id);
-        self.backend.delete(&key, Some(&index), self.now()).await
+        self.evict(&key);
+        let revoked = self.backend.delete(&key, Some(&index), self.now()).await;
+        self.evict(&key);
+        revoked
     }
 
     pub(crate) async fn revoke_all(
@@ -417,9 +534,16 @@ impl<B: Backend> Core<B> {
     ) -> Result<u64, StoreError> {
         let (_, index) = self.user_index(user);
         let keep = keep.map(|token| self.session_key(token));
-        self.backend
+        let revoked = self
+            .backend
             .revoke_all(&index, self.now(), kind, keep.as_deref())
-            .await
+            .await;
+        if self.near.is_some() {
+            // The keys it deleted are known to Redis only: wait for their
+            // invalidations, so that this process serves none of them after.
+            self.backend.barrier().await;
+        }
+        revoked
     }
 }
 

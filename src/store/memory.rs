@@ -149,6 +149,8 @@ impl Entry {
             version: self.version,
             blob: self.blob.clone(),
             last_seen: self.last_seen,
+            wrote: false,
+            tracked: false,
         }
     }
 }
@@ -316,7 +318,7 @@ impl Backend for MemoryBackend {
         let live = state.live(w.key, w.now);
         if let Some(wrote) = live.as_ref().and_then(|e| e.applied(w.nonce)) {
             // A retry of a save already applied (I6).
-            return Ok(RawSave::Saved(wrote));
+            return Ok(RawSave::Saved(wrote, Vec::new(), false));
         }
         let current = live.map(|e| (e.version, e.raw()));
         match (w.expected, current) {
@@ -343,7 +345,7 @@ impl Backend for MemoryBackend {
         {
             state.make_room(index, w.key, w.cap, w.now);
         }
-        Ok(RawSave::Saved(state.write(&w)))
+        Ok(RawSave::Saved(state.write(&w), Vec::new(), false))
     }
 
     async fn rotate(&self, old: &str, w: Write<'_>) -> Result<RawSave, StoreError> {
@@ -351,7 +353,7 @@ impl Backend for MemoryBackend {
         if let Some(new) = state.sessions.get(w.key) {
             // Our own write, retried after a lost reply; else a token in use.
             return Ok(match new.applied(w.nonce) {
-                Some(wrote) => RawSave::Saved(wrote),
+                Some(wrote) => RawSave::Saved(wrote, Vec::new(), false),
                 None => RawSave::Taken,
             });
         }
@@ -368,7 +370,7 @@ impl Backend for MemoryBackend {
         if let Some(index) = w.index {
             state.make_room(index, w.key, w.cap, w.now);
         }
-        Ok(RawSave::Saved(state.write(&w)))
+        Ok(RawSave::Saved(state.write(&w), Vec::new(), false))
     }
 
     async fn delete(
@@ -463,7 +465,7 @@ mod tests {
 
     fn saved(outcome: RawSave) -> Option<u64> {
         match outcome {
-            RawSave::Saved(version) => Some(version),
+            RawSave::Saved(version, _, _) => Some(version),
             _ => None,
         }
     }

@@ -292,7 +292,7 @@ fn lock(slot: &Mutex<Option<Lease>>) -> std::sync::MutexGuard<'_, Option<Lease>>
 /// `READONLY` means the node was demoted to a replica (a failover): a new
 /// connection finds the new primary (through the sentinels, or DNS), and the
 /// refused call wrote nothing, so it is safe to send again.
-fn is_broken(e: &RedisError) -> bool {
+pub(crate) fn is_broken(e: &RedisError) -> bool {
     e.is_io_error()
         || e.is_connection_dropped()
         || e.is_unrecoverable_error()

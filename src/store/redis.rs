@@ -10,10 +10,12 @@ use deadpool_redis::{PoolConfig, Runtime};
 use crate::record::Millis;
 use crate::store::core::{Backend, Core, HasCore, Raw, RawRetire, RawSave, StoreStats, Write};
 use crate::store::library::Library;
+use crate::store::near_cache::{Near, NearCache, NearCacheStats};
 use crate::store::pool::{CallError, Connections, Pool, Timeouts};
 use crate::store::reply::{Listed, Loaded};
 use crate::store::sentinel::{self, NodeAuth};
 use crate::store::tls::{self, TlsConfig};
+use crate::store::tracking::{Sent, Tracking};
 use crate::store::{StoreConfig, StoreError};
 
 pub(crate) mod preload;
@@ -132,6 +134,7 @@ impl RedisStore {
             tls: None,
             library: LibraryMode::Load,
             node_auth: None,
+            near: NearCache::off(),
         }
     }
 
@@ -144,6 +147,20 @@ impl RedisStore {
     /// Counters of conflicts, blocked revivals and rejected blobs.
     pub fn stats(&self) -> StoreStats {
         self.core.stats()
+    }
+
+    /// The near cache's counters; `None` when the store runs without one
+    /// (see [`RedisStoreBuilder::near_cache`]).
+    ///
+    /// ```no_run
+    /// # async fn run(store: tower_redis_sessions::RedisStore) {
+    /// if let Some(cache) = store.near_cache_stats() {
+    ///     println!("{} reads served without Redis", cache.hits);
+    /// }
+    /// # }
+    /// ```
+    pub fn near_cache_stats(&self) -> Option<NearCacheStats> {
+        self.core.near_stats()
     }
 }
 
@@ -198,6 +215,7 @@ pub struct RedisStoreBuilder {
     tls: Option<TlsConfig>,
     library: LibraryMode,
     node_auth: Option<NodeAuth>,
+    near: NearCache,
 }
 
 impl RedisStoreBuilder {
@@ -338,7 +356,36 @@ impl RedisStoreBuilder {
             self.timeouts.connect,
             self.pool_config(),
         )?;
-        self.build(Pool::Sentinel(pool)).await
+        self.build(Pool::Sentinel(pool), None).await
+    }
+
+    /// Puts a near cache of opened sessions in front of the store
+    /// (default: [`NearCache::off`]). See [`store::near_cache`](crate::store::near_cache)
+    /// for what it promises: reads of a cached session make no Redis call,
+    /// and a change made elsewhere is served for at most
+    /// [`max_staleness`](NearCache::max_staleness).
+    ///
+    /// It needs its own connection to Redis, so it works with
+    /// [`connect`](Self::connect) only: a store made with
+    /// [`connect_cluster`](Self::connect_cluster) or a `from_*pool` method
+    /// runs without it (and says so in the log).
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use tower_redis_sessions::{Keyring, RedisStore, StoreConfig};
+    /// use tower_redis_sessions::store::NearCache;
+    ///
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// let config = StoreConfig::new(Keyring::new(std::env::var("SESSION_SECRET")?)?);
+    /// let store = RedisStore::builder(config)
+    ///     .near_cache(NearCache::new().capacity(10_000).max_staleness(Duration::from_millis(300)))
+    ///     .connect("redis://127.0.0.1:6379")
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn near_cache(mut self, cache: NearCache) -> Self {
+        self.near = cache;
+        self
     }
 
     /// Connects to the single Redis at `url` (`redis://[user:password@]host:port[/db]`,
@@ -359,7 +406,7 @@ impl RedisStoreBuilder {
             .runtime(Runtime::Tokio1)
             .build()
             .map_err(|e| StoreError::Config(e.to_string()))?;
-        self.from_pool(pool).await
+        self.build(Pool::Single(pool), Some(url)).await
     }
 
     /// Connects to the Redis Cluster reachable at any of `urls`.
@@ -378,7 +425,7 @@ impl RedisStoreBuilder {
                 self.timeouts.connect,
                 self.pool_config(),
             )?;
-            return self.build(Pool::ClusterTls(pool)).await;
+            return self.build(Pool::ClusterTls(pool), None).await;
         }
         let config = deadpool_redis::cluster::Config {
             urls: Some(urls),
@@ -396,7 +443,7 @@ impl RedisStoreBuilder {
     /// keeps up to `pool_size` of them checked out: give it a pool of its own,
     /// or one larger than that.
     pub async fn from_pool(self, pool: deadpool_redis::Pool) -> Result<RedisStore, StoreError> {
-        self.build(Pool::Single(pool)).await
+        self.build(Pool::Single(pool), None).await
     }
 
     /// Uses connections from an existing Redis Cluster pool (see
@@ -405,7 +452,7 @@ impl RedisStoreBuilder {
         self,
         pool: deadpool_redis::cluster::Pool,
     ) -> Result<RedisStore, StoreError> {
-        self.build(Pool::Cluster(pool)).await
+        self.build(Pool::Cluster(pool), None).await
     }
 
     fn pool_config(&self) -> PoolConfig {
@@ -416,21 +463,44 @@ impl RedisStoreBuilder {
         config
     }
 
-    async fn build(self, pool: Pool) -> Result<RedisStore, StoreError> {
+    async fn build(self, pool: Pool, url: Option<&str>) -> Result<RedisStore, StoreError> {
         let max_in_flight = self
             .max_in_flight
             .unwrap_or(self.pool_size.saturating_mul(32));
+        // The invalidation connection is opened from the URL alone: with
+        // custom TLS certificates the cache stays off rather than connect
+        // without them.
+        let url = url.filter(|_| self.tls.is_none());
+        let tracking = match (self.near.is_enabled(), url) {
+            (true, Some(url)) => {
+                let near = std::sync::Arc::new(Near::new(self.near));
+                let tracking =
+                    Tracking::start(near, url, self.timeouts.connect, self.timeouts.command)
+                        .map_err(|e| StoreError::Config(e.to_string()))?;
+                Some(tracking)
+            }
+            (true, None) => {
+                tracing::warn!(
+                    "near cache asked for a store made from a pool, a cluster, Sentinel \
+                     or with custom TLS certificates: running without it"
+                );
+                None
+            }
+            (false, _) => None,
+        };
+        let near = tracking.as_ref().map(|t| t.near().clone());
         let backend = RedisBackend {
             conns: Connections::new(pool, self.pool_size, max_in_flight, self.timeouts),
             library: Library::new(),
             mode: self.library,
             out_of_memory: AtomicBool::new(false),
+            tracking,
         };
         if !self.lazy {
             backend.ensure_library(Phase::Start).await?;
         }
         Ok(RedisStore {
-            core: std::sync::Arc::new(Core::new(backend, self.config)),
+            core: std::sync::Arc::new(Core::new(backend, self.config).with_near(near)),
         })
     }
 }
@@ -442,6 +512,9 @@ pub(crate) struct RedisBackend {
     /// Whether the last write met `OOM`: its log line is written once per
     /// episode, not once per refused request.
     out_of_memory: AtomicBool,
+    /// The near cache's invalidation connection, when the cache is on; the
+    /// cache's loads and saves go over it.
+    tracking: Option<Tracking>,
 }
 
 impl RedisBackend {
@@ -482,6 +555,7 @@ impl RedisBackend {
     async fn fcall<T: FromRedisValue>(&self, cmd: Cmd) -> Result<T, StoreError> {
         match self.conns.query(&cmd).await {
             Err(CallError::Redis(e)) if is_missing_function(&e) => {
+                self.flush_near_cache();
                 tracing::warn!(
                     library = %self.library.name,
                     "session function library missing in Redis (restart, FUNCTION FLUSH or failover); registering it again"
@@ -497,8 +571,45 @@ impl RedisBackend {
         }
     }
 
+    /// Empties the near cache (the library went missing: a restart or
+    /// `FUNCTION FLUSH`, after which nothing cached is trusted).
+    fn flush_near_cache(&self) {
+        if let Some(tracking) = &self.tracking {
+            tracking.near().clear();
+        }
+    }
+
+    /// A call whose reply the near cache may keep: over the invalidation
+    /// connection while it is proven alive (see `store::tracking`), else as
+    /// any call. `true` with the reply when it came over that connection.
+    async fn fcall_near<T: FromRedisValue>(&self, cmd: Cmd) -> Result<(T, bool), StoreError> {
+        if let Some(tracking) = &self.tracking {
+            match tracking.query::<T>(&cmd).await {
+                Sent::Reply(Ok(value)) => return Ok((value, true)),
+                // Registered again (and sent again) through the pool.
+                Sent::Reply(Err(e)) if is_missing_function(&e) => {}
+                Sent::Reply(Err(e)) => return Err(self.store_error(CallError::Redis(e))),
+                // Silent, down or broke: every library call is safe to send
+                // again (a save is applied at most once, I6). A timeout here
+                // is at most `max_staleness`, added to the call's bound.
+                Sent::TimedOut | Sent::Elsewhere => {}
+            }
+        }
+        Ok((self.fcall(cmd).await?, false))
+    }
+
     /// Sends a save or rotation with the arguments they share.
-    async fn write(&self, mut cmd: Cmd, w: &Write<'_>) -> Result<RawSave, StoreError> {
+    async fn write(&self, cmd: Cmd, w: &Write<'_>) -> Result<RawSave, StoreError> {
+        self.write_via(cmd, w, false).await
+    }
+
+    /// [`write`](Self::write), over the near cache's connection if `near`.
+    async fn write_via(
+        &self,
+        mut cmd: Cmd,
+        w: &Write<'_>,
+        near: bool,
+    ) -> Result<RawSave, StoreError> {
         cmd.arg(w.expected)
             .arg(w.blob)
             .arg(w.now)
@@ -506,8 +617,19 @@ impl RedisBackend {
             .arg(w.absolute)
             .arg(w.kind)
             .arg(w.nonce)
-            .arg(w.cap);
-        let reply: RawSave = self.fcall(cmd).await?;
+            .arg(w.cap)
+            // Over the invalidation connection: keep tracking the key.
+            .arg(u8::from(near && self.tracking.is_some()));
+        let reply: RawSave = if near {
+            match self.fcall_near(cmd).await? {
+                (RawSave::Saved(version, ended, _), tracked) => {
+                    RawSave::Saved(version, ended, tracked)
+                }
+                (reply, _) => reply,
+            }
+        } else {
+            self.fcall(cmd).await?
+        };
         // A write went through: a later OOM starts a new episode.
         self.out_of_memory.store(false, Ordering::Relaxed);
         Ok(reply)
@@ -647,15 +769,15 @@ const NUM: usize = 20;
 
 /// The number and total size of the arguments [`RedisBackend::write`] adds.
 fn write_size(w: &Write<'_>) -> (usize, usize) {
-    (8, 5 * NUM + w.blob.len() + w.kind.len() + w.nonce.len())
+    (9, 6 * NUM + w.blob.len() + w.kind.len() + w.nonce.len())
 }
 
 impl Backend for RedisBackend {
     async fn load(&self, key: &str, now: Millis, touch: u64) -> Result<Option<Raw>, StoreError> {
         let mut cmd = fcall(&self.library.load, &[key], 2, 2 * NUM);
         cmd.arg(now).arg(touch);
-        let Loaded(raw) = self.fcall(cmd).await?;
-        Ok(raw)
+        let (Loaded(raw), tracked) = self.fcall_near(cmd).await?;
+        Ok(raw.map(|raw| Raw { tracked, ..raw }))
     }
 
     async fn save(&self, w: Write<'_>) -> Result<RawSave, StoreError> {
@@ -664,7 +786,7 @@ impl Backend for RedisBackend {
             Some(index) => fcall(&self.library.save, &[w.key, index], args, data),
             None => fcall(&self.library.save, &[w.key], args, data),
         };
-        self.write(cmd, &w).await
+        self.write_via(cmd, &w, true).await
     }
 
     async fn rotate(&self, old: &str, w: Write<'_>) -> Result<RawSave, StoreError> {
@@ -730,6 +852,12 @@ impl Backend for RedisBackend {
         );
         cmd.arg(now).arg(kind.unwrap_or("")).arg(keep.unwrap_or(""));
         self.fcall(cmd).await
+    }
+
+    async fn barrier(&self) {
+        if let Some(tracking) = &self.tracking {
+            tracking.barrier().await;
+        }
     }
 }
 

@@ -30,6 +30,8 @@ fn raw(items: &mut impl Iterator<Item = Value>, what: &str) -> Result<Raw, Parsi
         version,
         blob,
         last_seen,
+        wrote: false,
+        tracked: false,
     })
 }
 
@@ -47,7 +49,13 @@ impl FromRedisValue for Loaded {
     fn from_redis_value(v: Value) -> Result<Self, ParsingError> {
         match v {
             Value::Nil => Ok(Loaded(None)),
-            Value::Array(items) => Ok(Loaded(Some(raw(&mut items.into_iter(), "load")?))),
+            Value::Array(items) => {
+                let mut items = items.into_iter();
+                let mut raw = raw(&mut items, "load")?;
+                // A fourth item: the load wrote the key (moved the deadline).
+                raw.wrote = items.next().is_some();
+                Ok(Loaded(Some(raw)))
+            }
             _ => Err(shape("load")),
         }
     }
@@ -66,9 +74,14 @@ impl FromRedisValue for RawSave {
     fn from_redis_value(v: Value) -> Result<Self, ParsingError> {
         let (tag, mut items) = tagged(v, "save")?;
         match tag.as_str() {
-            "saved" => Ok(RawSave::Saved(u64::from_redis_value(
-                items.next().ok_or_else(|| shape("save"))?,
-            )?)),
+            "saved" => {
+                let version = u64::from_redis_value(items.next().ok_or_else(|| shape("save"))?)?;
+                // The keys of the other sessions the save ended, if any.
+                let ended = items
+                    .map(String::from_redis_value)
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(RawSave::Saved(version, ended, false))
+            }
             "conflict" => Ok(RawSave::Conflict(raw(&mut items, "save")?)),
             "gone" => Ok(RawSave::Gone),
             "taken" => Ok(RawSave::Taken),
@@ -114,7 +127,7 @@ mod tests {
         assert!(Loaded::from_redis_value(Value::Nil).unwrap().0.is_none());
         assert!(matches!(
             RawSave::from_redis_value(Value::Array(vec![bulk(b"saved"), Value::Int(4)])),
-            Ok(RawSave::Saved(4))
+            Ok(RawSave::Saved(4, _, false))
         ));
         assert!(matches!(
             RawSave::from_redis_value(Value::Array(vec![

@@ -79,6 +79,16 @@ pub fn session_key(prefix: &str, token: &str) -> String {
     format!("{prefix}{{{}}}:s:{}", &token[..8], parsed.id())
 }
 
+/// The near cache the standalone stores run with: on when
+/// `TRS_TEST_NEAR_CACHE=1` (so every suite can run with it), else the
+/// crate's default.
+pub fn near_cache_from_env() -> tower_redis_sessions::store::NearCache {
+    match std::env::var("TRS_TEST_NEAR_CACHE").as_deref() {
+        Ok("1") => tower_redis_sessions::store::NearCache::new(),
+        _ => tower_redis_sessions::store::NearCache::default(),
+    }
+}
+
 /// Where the tests' sessions live.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
@@ -99,7 +109,9 @@ impl Store {
         match backend {
             Backend::Memory => Store::Memory(Arc::new(MemoryStore::new(config(prefix)))),
             Backend::Standalone => Store::Redis(Arc::new(
-                RedisStore::connect(&crate::common::shared_server().url(), config(prefix))
+                RedisStore::builder(config(prefix))
+                    .near_cache(near_cache_from_env())
+                    .connect(&crate::common::shared_server().url())
                     .await
                     .unwrap(),
             )),
