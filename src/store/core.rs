@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::envelope::{Codec, Meta};
 use crate::record::{Millis, Record, millis};
 use crate::store::keys::KeySpace;
-use crate::store::observe::{Calls, observe, rejected_blob};
 use crate::store::near_cache::{Near, NearCacheStats};
+use crate::store::observe::{Calls, observe, rejected_blob};
 use crate::store::{
     Clock, RetireOutcome, SaveLocks, SaveOutcome, SaveTurn, SessionStore, StoreConfig, StoreError,
     StoreFuture,

@@ -53,8 +53,8 @@ mod turns;
 
 pub use self::core::StoreStats;
 pub use self::memory::MemoryStore;
-pub use self::redis::preload::{LibraryMode, library_name, library_source};
 pub use self::near_cache::{NearCache, NearCacheStats};
+pub use self::redis::preload::{LibraryMode, library_name, library_source};
 pub use self::redis::{RedisStore, RedisStoreBuilder};
 pub use self::tls::TlsConfig;
 pub(crate) use self::turns::SaveLocks;
