@@ -260,7 +260,20 @@ impl RedisServer {
     pub fn cmd_bytes(&self, args: &[&[u8]]) -> Reply {
         let mut state = self.client_state();
         let conn = self.live_connection(&mut state);
-        match conn.try_cmd_bytes(args) {
+        let first = conn.try_cmd_bytes(args);
+        // Redis itself may have closed the cached connection (Sentinel kills
+        // the clients of a primary it demotes, `CLIENT KILL`, a restart):
+        // the harness's commands are checks, safe to send once more over a
+        // fresh connection.
+        let result = match first {
+            Ok(reply) => Ok(reply),
+            Err(_) => {
+                state.conn = None;
+                let conn = self.live_connection(&mut state);
+                conn.try_cmd_bytes(args)
+            }
+        };
+        match result {
             Ok(reply) => reply,
             Err(e) => {
                 // The connection may be mid-reply; never reuse it.
