@@ -26,6 +26,7 @@
 //! turning encryption on (or off) needs no migration: each record takes the
 //! new form when its session is next saved.
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::time::Duration;
 
@@ -128,20 +129,9 @@ impl Codec {
     }
 
     /// The sealed form of `record`, bound to `binding`. `None` only if the
-    /// body does not encode (a CBOR value ciborium refuses).
+    /// body does not encode (a CBOR value ciborium refuses) or the generator
+    /// of nonces fails.
     pub(crate) fn seal(&self, binding: &str, record: &Record) -> Option<Vec<u8>> {
-        let key = self.keyring.keys.first()?;
-        let encrypt = self.keyring.encrypt;
-        let mut out = Vec::with_capacity(sealed_size_hint(record) + TAG_LEN);
-        out.push(if encrypt { FORMAT_SEALED } else { FORMAT });
-        out.extend_from_slice(&key.id);
-        if encrypt {
-            let mut nonce = [0u8; NONCE_LEN];
-            getrandom::fill(&mut nonce).ok()?;
-            out.extend_from_slice(&nonce);
-        } else {
-            out.extend_from_slice(&[0; MAC_LEN]);
-        }
         let body = BodyRef {
             u: record.user.as_deref(),
             k: &record.kind,
@@ -152,7 +142,47 @@ impl Codec {
             l: record.label.as_deref(),
             m: &record.metadata,
         };
-        ciborium::into_writer(&body, &mut out).ok()?;
+        self.seal_with(binding, sealed_size_hint(record), |out| {
+            ciborium::into_writer(&body, out).ok()
+        })
+    }
+
+    /// A blob sealing any body (`body`) for `binding`, in the same envelope
+    /// as records.
+    #[cfg(feature = "tower-sessions")]
+    pub(crate) fn seal_bytes(&self, binding: &str, body: &[u8]) -> Option<Vec<u8>> {
+        self.seal_with(
+            binding,
+            SEALED_HEADER_LEN.max(HEADER_LEN) + body.len(),
+            |out| {
+                out.extend_from_slice(body);
+                Some(())
+            },
+        )
+    }
+
+    /// The one sealing path: the header, the body `write` appends (straight
+    /// into the output, no copy), then the MAC (format 1) or the encryption
+    /// in place and its tag (format 2). `size` is a capacity hint.
+    fn seal_with(
+        &self,
+        binding: &str,
+        size: usize,
+        write: impl FnOnce(&mut Vec<u8>) -> Option<()>,
+    ) -> Option<Vec<u8>> {
+        let key = self.keyring.keys.first()?;
+        let encrypt = self.keyring.encrypt;
+        let mut out = Vec::with_capacity(size + TAG_LEN);
+        out.push(if encrypt { FORMAT_SEALED } else { FORMAT });
+        out.extend_from_slice(&key.id);
+        if encrypt {
+            let mut nonce = [0u8; NONCE_LEN];
+            getrandom::fill(&mut nonce).ok()?;
+            out.extend_from_slice(&nonce);
+        } else {
+            out.extend_from_slice(&[0; MAC_LEN]);
+        }
+        write(&mut out)?;
         if encrypt {
             let (header, body) = out.split_at_mut(SEALED_HEADER_LEN);
             let nonce = XNonce::try_from(&header[1 + KEY_ID_LEN..]).ok()?;
@@ -193,12 +223,26 @@ impl Codec {
 
     /// Verifies and decodes a blob read from under `meta.binding`.
     pub(crate) fn open(&self, blob: &[u8], meta: Meta<'_>) -> Result<Record, OpenError> {
+        let body = self.open_bytes(blob, meta.binding)?;
+        let body = decode_body(&body).ok_or(OpenError::Body)?;
+        Ok(body.into_record(meta))
+    }
+
+    /// The verified body of a blob sealed for `binding`, checked in constant
+    /// time (format 1, borrowed from the blob) or decrypted (format 2) with
+    /// any key of the keyring; within the size limit. Not a byte of the body
+    /// is given out before it verified.
+    pub(crate) fn open_bytes<'b>(
+        &self,
+        blob: &'b [u8],
+        binding: &str,
+    ) -> Result<Cow<'b, [u8]>, OpenError> {
         if blob.len() > self.max_sealed {
             return Err(OpenError::TooLarge);
         }
         match blob.first() {
             Some(&FORMAT) => {}
-            Some(&FORMAT_SEALED) => return self.open_encrypted(blob, meta),
+            Some(&FORMAT_SEALED) => return self.open_encrypted(blob, binding).map(Cow::Owned),
             Some(_) => return Err(OpenError::Format),
             None => return Err(OpenError::Truncated),
         }
@@ -211,30 +255,25 @@ impl Codec {
             &blob[HEADER_LEN..],
         );
         let mut known = false;
-        let mut verified = false;
         for key in self.keyring.keys.iter().filter(|k| k.id == id) {
             known = true;
-            if mac_input(key.mac.clone(), &blob[..1 + KEY_ID_LEN], meta.binding, body)
+            if mac_input(key.mac.clone(), &blob[..1 + KEY_ID_LEN], binding, body)
                 .verify_slice(tag)
                 .is_ok()
             {
-                verified = true;
-                break;
+                return Ok(Cow::Borrowed(body));
             }
         }
-        if !known {
-            return Err(OpenError::UnknownKey);
-        }
-        if !verified {
-            return Err(OpenError::BadMac);
-        }
-        let body = decode_body(body).ok_or(OpenError::Body)?;
-        Ok(body.into_record(meta))
+        Err(if known {
+            OpenError::BadMac
+        } else {
+            OpenError::UnknownKey
+        })
     }
 
-    /// Opens a format 2 blob: the tag is checked (in constant time) before
-    /// the decrypted body is decoded.
-    fn open_encrypted(&self, blob: &[u8], meta: Meta<'_>) -> Result<Record, OpenError> {
+    /// Decrypts a format 2 blob: the tag is checked (in constant time)
+    /// before the body is given out.
+    fn open_encrypted(&self, blob: &[u8], binding: &str) -> Result<Vec<u8>, OpenError> {
         if blob.len() < SEALED_HEADER_LEN + TAG_LEN {
             return Err(OpenError::Truncated);
         }
@@ -244,7 +283,7 @@ impl Codec {
         let nonce =
             XNonce::try_from(&header[1 + KEY_ID_LEN..]).map_err(|_| OpenError::Truncated)?;
         let tag = chacha20poly1305::Tag::try_from(tag).map_err(|_| OpenError::Truncated)?;
-        let aad = associated_data(&header[..1 + KEY_ID_LEN], meta.binding);
+        let aad = associated_data(&header[..1 + KEY_ID_LEN], binding);
         let mut known = false;
         for key in self.keyring.keys.iter().filter(|k| k.id == id) {
             known = true;
@@ -254,8 +293,7 @@ impl Codec {
                 .decrypt_inout_detached(&nonce, &aad, body.as_mut_slice().into(), &tag)
                 .is_ok()
             {
-                let body = decode_body(&body).ok_or(OpenError::Body)?;
-                return Ok(body.into_record(meta));
+                return Ok(body);
             }
         }
         Err(if known {
@@ -349,113 +387,6 @@ fn mac_input(mac: HmacSha256, header: &[u8], binding: &str, body: &[u8]) -> Hmac
         .chain_update(len.to_be_bytes())
         .chain_update(binding.as_bytes())
         .chain_update(body)
-}
-
-/// Envelopes around any body (the tower-sessions adapter's records): the
-/// same formats, keys and binding as records, without the CBOR record body.
-#[cfg(feature = "tower-sessions")]
-impl Codec {
-    /// `body` sealed for `binding` in the keyring's format (encrypted when
-    /// [`Keyring::encrypt_records`] is on). `None` only if the OS random
-    /// generator fails (for an encryption nonce) or the keyring is empty.
-    pub(crate) fn seal_bytes(&self, binding: &str, body: &[u8]) -> Option<Vec<u8>> {
-        let key = self.keyring.keys.first()?;
-        if self.keyring.encrypt {
-            let mut out = Vec::with_capacity(SEALED_HEADER_LEN + body.len() + TAG_LEN);
-            out.push(FORMAT_SEALED);
-            out.extend_from_slice(&key.id);
-            let mut nonce = [0u8; NONCE_LEN];
-            getrandom::fill(&mut nonce).ok()?;
-            out.extend_from_slice(&nonce);
-            out.extend_from_slice(body);
-            let (header, body) = out.split_at_mut(SEALED_HEADER_LEN);
-            let nonce = XNonce::try_from(&header[1 + KEY_ID_LEN..]).ok()?;
-            let aad = associated_data(&header[..1 + KEY_ID_LEN], binding);
-            let tag = key
-                .aead
-                .encrypt_inout_detached(&nonce, &aad, body.into())
-                .ok()?;
-            out.extend_from_slice(&tag);
-            return Some(out);
-        }
-        let mut out = Vec::with_capacity(HEADER_LEN + body.len());
-        out.push(FORMAT);
-        out.extend_from_slice(&key.id);
-        let tag = mac_input(key.mac.clone(), &out, binding, body)
-            .finalize()
-            .into_bytes();
-        out.extend_from_slice(&tag);
-        out.extend_from_slice(body);
-        Some(out)
-    }
-
-    /// The body of a blob [`seal_bytes`](Codec::seal_bytes) made for
-    /// `binding`, verified (in constant time) or decrypted with any key of
-    /// the keyring; the size limit applies as to records.
-    pub(crate) fn open_bytes(&self, blob: &[u8], binding: &str) -> Result<Vec<u8>, OpenError> {
-        if blob.len() > self.max_sealed {
-            return Err(OpenError::TooLarge);
-        }
-        match blob.first() {
-            Some(&FORMAT) => {}
-            Some(&FORMAT_SEALED) => return self.open_encrypted_bytes(blob, binding),
-            Some(_) => return Err(OpenError::Format),
-            None => return Err(OpenError::Truncated),
-        }
-        if blob.len() < HEADER_LEN {
-            return Err(OpenError::Truncated);
-        }
-        let (id, tag, body) = (
-            &blob[1..1 + KEY_ID_LEN],
-            &blob[1 + KEY_ID_LEN..HEADER_LEN],
-            &blob[HEADER_LEN..],
-        );
-        let mut known = false;
-        for key in self.keyring.keys.iter().filter(|k| k.id == id) {
-            known = true;
-            if mac_input(key.mac.clone(), &blob[..1 + KEY_ID_LEN], binding, body)
-                .verify_slice(tag)
-                .is_ok()
-            {
-                return Ok(body.to_vec());
-            }
-        }
-        Err(if known {
-            OpenError::BadMac
-        } else {
-            OpenError::UnknownKey
-        })
-    }
-
-    fn open_encrypted_bytes(&self, blob: &[u8], binding: &str) -> Result<Vec<u8>, OpenError> {
-        if blob.len() < SEALED_HEADER_LEN + TAG_LEN {
-            return Err(OpenError::Truncated);
-        }
-        let (header, rest) = blob.split_at(SEALED_HEADER_LEN);
-        let (ciphertext, tag) = rest.split_at(rest.len() - TAG_LEN);
-        let id = &header[1..1 + KEY_ID_LEN];
-        let nonce =
-            XNonce::try_from(&header[1 + KEY_ID_LEN..]).map_err(|_| OpenError::Truncated)?;
-        let tag = chacha20poly1305::Tag::try_from(tag).map_err(|_| OpenError::Truncated)?;
-        let aad = associated_data(&header[..1 + KEY_ID_LEN], binding);
-        let mut known = false;
-        for key in self.keyring.keys.iter().filter(|k| k.id == id) {
-            known = true;
-            let mut body = ciphertext.to_vec();
-            if key
-                .aead
-                .decrypt_inout_detached(&nonce, &aad, body.as_mut_slice().into(), &tag)
-                .is_ok()
-            {
-                return Ok(body);
-            }
-        }
-        Err(if known {
-            OpenError::BadMac
-        } else {
-            OpenError::UnknownKey
-        })
-    }
 }
 
 #[cfg(test)]

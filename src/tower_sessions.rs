@@ -814,12 +814,12 @@ mod tests {
             let codec = Codec::new(keyring.clone(), 1024);
             let blob = codec.seal_bytes("k1", b"body").unwrap();
             assert_eq!(contains(&blob, b"body"), !encrypt);
-            assert_eq!(codec.open_bytes(&blob, "k1").unwrap(), b"body");
+            assert_eq!(&*codec.open_bytes(&blob, "k1").unwrap(), b"body");
             assert_eq!(codec.open_bytes(&blob, "k2"), Err(OpenError::BadMac));
             let stranger = Codec::new(Keyring::new([2u8; 32]).unwrap(), 1024);
             assert_eq!(stranger.open_bytes(&blob, "k1"), Err(OpenError::UnknownKey));
             let rotated = Codec::new(keyring.rotate([3u8; 32]).unwrap(), 1024);
-            assert_eq!(rotated.open_bytes(&blob, "k1").unwrap(), b"body");
+            assert_eq!(&*rotated.open_bytes(&blob, "k1").unwrap(), b"body");
             let small = Codec::new(Keyring::new([1u8; 32]).unwrap(), 8);
             assert_eq!(small.open_bytes(&blob, "k1"), Err(OpenError::TooLarge));
             let mut flipped = blob.clone();
