@@ -15,36 +15,9 @@ use serde_json::{Value, json};
 use tower_redis_sessions::RedisStore;
 use tower_redis_sessions::store::{SessionStore, Token};
 
-use common::{RedisCluster, RedisServer, key_slot};
+use common::{RedisCluster, key_slot};
 use faults::demo_on;
 use http::{Browser, Server, session_key};
-
-fn node_id(node: &RedisServer) -> String {
-    let id = node.cmd(&["CLUSTER", "MYID"]);
-    assert_eq!(id.len(), 40, "CLUSTER MYID: {id:?}");
-    id
-}
-
-/// `CLUSTER SETSLOT <slot> <args>` on `node`, which must answer OK.
-fn setslot(node: &RedisServer, slot: u16, args: &[&str]) {
-    let slot = slot.to_string();
-    let mut command = vec!["CLUSTER", "SETSLOT", &slot];
-    command.extend_from_slice(args);
-    assert_eq!(node.cmd(&command), "OK", "{command:?} on {}", node.port());
-}
-
-fn keys_in_slot(node: &RedisServer, slot: u16) -> Vec<String> {
-    node.cmd_bytes(&[
-        b"CLUSTER",
-        b"GETKEYSINSLOT",
-        slot.to_string().as_bytes(),
-        b"1000",
-    ])
-    .unwrap_array()
-    .into_iter()
-    .map(|r| String::from_utf8(r.unwrap_bytes()).unwrap())
-    .collect()
-}
 
 async fn incr(browser: &Browser) -> i64 {
     match browser.incr("n").await {
@@ -81,28 +54,22 @@ async fn session_slot_moves_to_another_master() {
         .iter()
         .find(|n| n.port() != source.port())
         .unwrap();
-    let (source_id, target_id) = (node_id(source), node_id(target));
-    let moved = keys_in_slot(source, slot);
+    let (source_id, target_id) = (source.node_id(), target.node_id());
+    let moved = source.keys_in_slot(slot);
     assert_eq!(moved.len(), 2, "the session and ada's index: {moved:?}");
     assert!(moved.contains(&key));
 
     // Migration begins: the keys are still on the source, which serves them.
-    setslot(target, slot, &["IMPORTING", &source_id]);
-    setslot(source, slot, &["MIGRATING", &target_id]);
+    target.setslot(slot, &["IMPORTING", &source_id]);
+    source.setslot(slot, &["MIGRATING", &target_id]);
     assert_eq!(incr(&a).await, 3);
 
     // The keys move; the source now answers ASK for them, and the store
     // follows to the target.
-    let port = target.port().to_string();
-    let mut migrate = vec!["MIGRATE", "127.0.0.1", &port, "", "0", "5000", "KEYS"];
-    migrate.extend(moved.iter().map(String::as_str));
-    assert_eq!(source.cmd(&migrate), "OK");
-    let mut arrived = keys_in_slot(target, slot);
-    arrived.sort();
-    let mut expected = moved.clone();
-    expected.sort();
-    assert_eq!(arrived, expected);
-    assert!(keys_in_slot(source, slot).is_empty());
+    let batch: Vec<&str> = moved.iter().map(String::as_str).collect();
+    source.migrate_keys(target, &batch);
+    assert_eq!(target.keys_in_slot(slot), moved);
+    assert!(source.keys_in_slot(slot).is_empty());
     assert_eq!(
         a.session().await,
         json!({ "user": "ada", "data": { "n": 3 } }),
@@ -112,11 +79,11 @@ async fn session_slot_moves_to_another_master() {
 
     // The slot changes owner on every node: the store's requests to the
     // source now get MOVED, and it follows.
-    setslot(target, slot, &["NODE", &target_id]);
-    setslot(source, slot, &["NODE", &target_id]);
+    target.setslot(slot, &["NODE", &target_id]);
+    source.setslot(slot, &["NODE", &target_id]);
     for node in cluster.nodes() {
         if node.port() != source.port() && node.port() != target.port() {
-            setslot(node, slot, &["NODE", &target_id]);
+            node.setslot(slot, &["NODE", &target_id]);
         }
     }
     assert_eq!(
@@ -138,10 +105,10 @@ async fn session_slot_moves_to_another_master() {
     assert_eq!(sessions.status(), 200);
     let sessions: Value = sessions.json().await.unwrap();
     assert_eq!(sessions.as_array().unwrap().len(), 2, "{sessions}");
-    let keys = keys_in_slot(target, slot);
+    let keys = target.keys_in_slot(slot);
     assert_eq!(keys.len(), 3, "two sessions and the index: {keys:?}");
-    assert!(keys_in_slot(source, slot).is_empty());
+    assert!(source.keys_in_slot(slot).is_empty());
     // Logout deletes on the target.
     assert_eq!(a.post("/api/logout").await.status(), 200);
-    assert_eq!(keys_in_slot(target, slot).len(), 2);
+    assert_eq!(target.keys_in_slot(slot).len(), 2);
 }

@@ -23,40 +23,6 @@ use tower_redis_sessions::{Keyring, RedisStore, StoreConfig, StoreError};
 use common::stores::{session_key, unique_prefix};
 use common::{RedisCluster, RedisServer, key_slot};
 
-fn node_id(node: &RedisServer) -> String {
-    let id = node.cmd(&["CLUSTER", "MYID"]);
-    assert_eq!(id.len(), 40, "CLUSTER MYID: {id:?}");
-    id
-}
-
-fn setslot(node: &RedisServer, slot: u16, args: &[&str]) {
-    let slot = slot.to_string();
-    let mut command = vec!["CLUSTER", "SETSLOT", &slot];
-    command.extend_from_slice(args);
-    assert_eq!(node.cmd(&command), "OK", "{command:?} on {}", node.port());
-}
-
-/// `MIGRATE` of `keys` from `source` to `target`, as one batch.
-fn migrate(source: &RedisServer, target: &RedisServer, keys: &[&str]) {
-    let port = target.port().to_string();
-    let mut command = vec!["MIGRATE", "127.0.0.1", &port, "", "0", "5000", "KEYS"];
-    command.extend_from_slice(keys);
-    assert_eq!(source.cmd(&command), "OK", "{command:?}");
-}
-
-fn keys_in_slot(node: &RedisServer, slot: u16) -> BTreeSet<String> {
-    node.cmd_bytes(&[
-        b"CLUSTER",
-        b"GETKEYSINSLOT",
-        slot.to_string().as_bytes(),
-        b"1000",
-    ])
-    .unwrap_array()
-    .into_iter()
-    .map(|r| String::from_utf8(r.unwrap_bytes()).unwrap())
-    .collect()
-}
-
 /// The members of the index `index` on `node` (sent with `ASKING`, so the
 /// node answers for an importing slot too).
 fn index_members(node: &RedisServer, index: &str) -> BTreeSet<String> {
@@ -74,7 +40,7 @@ fn everywhere(cluster: &RedisCluster, slot: u16) -> BTreeSet<String> {
     cluster
         .nodes()
         .iter()
-        .flat_map(|n| keys_in_slot(n, slot))
+        .flat_map(|n| n.keys_in_slot(slot))
         .collect()
 }
 
@@ -172,21 +138,21 @@ async fn a_user_slot_resharded_in_batches_loses_nothing() {
         .iter()
         .find(|n| n.port() != source.port())
         .unwrap();
-    let all = keys_in_slot(source, slot);
+    let all = source.keys_in_slot(slot);
     let _ = &all;
     assert_eq!(all.len(), 7, "six sessions and the index: {all:?}");
     let index = all.iter().find(|k| k.contains("}:u:")).unwrap().clone();
 
-    let (source_id, target_id) = (node_id(source), node_id(target));
-    setslot(target, slot, &["IMPORTING", &source_id]);
-    setslot(source, slot, &["MIGRATING", &target_id]);
+    let (source_id, target_id) = (source.node_id(), target.node_id());
+    target.setslot(slot, &["IMPORTING", &source_id]);
+    source.setslot(slot, &["MIGRATING", &target_id]);
     let mut tally = Tally::default();
     // The sessions that should be alive, as the calls that succeeded say.
     let mut live: Vec<Token> = tokens.clone();
 
     // Batch 1: two sessions move, the index stays on the source. Calls on
     // the index run on the source and meet the moved sessions there.
-    migrate(source, target, &[&keys[4], &keys[5]]);
+    source.migrate_keys(target, &[&keys[4], &keys[5]]);
     tally.note("list (batch 1)", store.list(user, None).await, |listed| {
         assert_eq!(ids(&listed), id_set(&live), "a listing shows every session");
     });
@@ -201,7 +167,7 @@ async fn a_user_slot_resharded_in_batches_loses_nothing() {
     check(&cluster, slot, &prefix, &index, source, &live, &tokens);
 
     // Batch 2: the index and one more session move; three sessions stay.
-    migrate(source, target, &[&index, &keys[3]]);
+    source.migrate_keys(target, &[&index, &keys[3]]);
     tally.note("list (batch 2)", store.list(user, None).await, |listed| {
         assert_eq!(ids(&listed), id_set(&live), "a listing shows every session");
     });
@@ -248,17 +214,17 @@ async fn a_user_slot_resharded_in_batches_loses_nothing() {
     check(&cluster, slot, &prefix, &index, target, &live, &tokens);
 
     // Last batch and the owner change, on every node.
-    migrate(source, target, &[&keys[0], &keys[1], &keys[2]]);
-    setslot(target, slot, &["NODE", &target_id]);
-    setslot(source, slot, &["NODE", &target_id]);
+    source.migrate_keys(target, &[&keys[0], &keys[1], &keys[2]]);
+    target.setslot(slot, &["NODE", &target_id]);
+    source.setslot(slot, &["NODE", &target_id]);
     for node in cluster.nodes() {
         if node.port() != source.port() && node.port() != target.port() {
-            setslot(node, slot, &["NODE", &target_id]);
+            node.setslot(slot, &["NODE", &target_id]);
         }
     }
-    let arrived = keys_in_slot(target, slot);
+    let arrived = target.keys_in_slot(slot);
     assert!(
-        keys_in_slot(source, slot).is_empty(),
+        source.keys_in_slot(slot).is_empty(),
         "everything left the source"
     );
     for token in &tokens {
@@ -287,6 +253,6 @@ async fn a_user_slot_resharded_in_batches_loses_nothing() {
         assert_eq!(store.load(token).await.unwrap(), None);
     }
     assert_eq!(store.list(user, None).await.unwrap(), vec![]);
-    assert!(keys_in_slot(target, slot).is_empty(), "nothing left behind");
+    assert!(target.keys_in_slot(slot).is_empty(), "nothing left behind");
     eprintln!("mid-migration calls: {tally:?}");
 }

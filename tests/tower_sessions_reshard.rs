@@ -19,34 +19,7 @@ use tower_redis_sessions::{Keyring, RedisStore, StoreConfig, StoreError};
 use tower_sessions::session::{Id, Record};
 use tower_sessions::session_store::SessionStore;
 
-use common::{RedisCluster, RedisServer, key_slot};
-
-fn setslot(node: &RedisServer, slot: u16, args: &[&str]) {
-    let slot = slot.to_string();
-    let mut command = vec!["CLUSTER", "SETSLOT", &slot];
-    command.extend_from_slice(args);
-    assert_eq!(node.cmd(&command), "OK", "{command:?}");
-}
-
-fn migrate(source: &RedisServer, target: &RedisServer, keys: &[&str]) {
-    let port = target.port().to_string();
-    let mut command = vec!["MIGRATE", "127.0.0.1", &port, "", "0", "5000", "KEYS"];
-    command.extend_from_slice(keys);
-    assert_eq!(source.cmd(&command), "OK", "{command:?}");
-}
-
-fn keys_in_slot(node: &RedisServer, slot: u16) -> BTreeSet<String> {
-    node.cmd_bytes(&[
-        b"CLUSTER",
-        b"GETKEYSINSLOT",
-        slot.to_string().as_bytes(),
-        b"1000",
-    ])
-    .unwrap_array()
-    .into_iter()
-    .map(|r| String::from_utf8(r.unwrap_bytes()).unwrap())
-    .collect()
-}
+use common::{RedisCluster, key_slot};
 
 fn key(prefix: &str, id: &Id) -> String {
     let hash = Sha256::digest(id.0.to_le_bytes());
@@ -103,17 +76,16 @@ async fn a_users_slot_resharded_in_batches_loses_and_revives_nothing() {
         .iter()
         .find(|n| n.port() != source.port())
         .unwrap();
-    let all = keys_in_slot(source, slot);
+    let all = source.keys_in_slot(slot);
     assert_eq!(all.len(), 5, "four sessions and the index");
     let index = all.iter().find(|k| k.contains("}:tu:")).unwrap().clone();
-    let source_id = source.cmd(&["CLUSTER", "MYID"]);
-    let target_id = target.cmd(&["CLUSTER", "MYID"]);
-    setslot(target, slot, &["IMPORTING", &source_id]);
-    setslot(source, slot, &["MIGRATING", &target_id]);
+    let (source_id, target_id) = (source.node_id(), target.node_id());
+    target.setslot(slot, &["IMPORTING", &source_id]);
+    source.setslot(slot, &["MIGRATING", &target_id]);
     let mut live: BTreeSet<String> = records.iter().map(|r| session_handle(&r.id)).collect();
 
     // Batch 1: two sessions move, the index stays on the source.
-    migrate(source, target, &[&keys[2], &keys[3]]);
+    source.migrate_keys(target, &[&keys[2], &keys[3]]);
     truthful_or_unavailable(
         "list (batch 1)",
         store.list_user_sessions("1").await,
@@ -147,7 +119,7 @@ async fn a_users_slot_resharded_in_batches_loses_and_revives_nothing() {
 
     // Batch 2: the index and one session move; one session stays. Calls on
     // the index now run on the target, where that session is missing.
-    migrate(source, target, &[&index, &keys[1]]);
+    source.migrate_keys(target, &[&index, &keys[1]]);
     truthful_or_unavailable(
         "list (batch 2)",
         store.list_user_sessions("1").await,
@@ -166,9 +138,9 @@ async fn a_users_slot_resharded_in_batches_loses_and_revives_nothing() {
     );
 
     // Batch 3: the rest moves, the slot changes owner everywhere.
-    migrate(source, target, &[&keys[0]]);
+    source.migrate_keys(target, &[&keys[0]]);
     for node in cluster.nodes() {
-        setslot(node, slot, &["NODE", &target_id]);
+        node.setslot(slot, &["NODE", &target_id]);
     }
     let listed: BTreeSet<_> = store
         .list_user_sessions("1")

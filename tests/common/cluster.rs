@@ -270,3 +270,44 @@ fn crc16_xmodem(data: &[u8]) -> u16 {
     }
     crc
 }
+
+/// The steps of a slot migration, as `redis-cli --cluster reshard` takes
+/// them, on one node of a cluster (each must answer OK).
+impl RedisServer {
+    /// `CLUSTER MYID`.
+    pub fn node_id(&self) -> String {
+        let id = self.cmd(&["CLUSTER", "MYID"]);
+        assert_eq!(id.len(), 40, "CLUSTER MYID: {id:?}");
+        id
+    }
+
+    /// `CLUSTER SETSLOT <slot> <args>`.
+    pub fn setslot(&self, slot: u16, args: &[&str]) {
+        let slot = slot.to_string();
+        let mut command = vec!["CLUSTER", "SETSLOT", &slot];
+        command.extend_from_slice(args);
+        assert_eq!(self.cmd(&command), "OK", "{command:?} on {}", self.port());
+    }
+
+    /// `MIGRATE` of `keys` from this node to `target`, as one batch.
+    pub fn migrate_keys(&self, target: &RedisServer, keys: &[&str]) {
+        let port = target.port().to_string();
+        let mut command = vec!["MIGRATE", "127.0.0.1", &port, "", "0", "5000", "KEYS"];
+        command.extend_from_slice(keys);
+        assert_eq!(self.cmd(&command), "OK", "{command:?}");
+    }
+
+    /// The keys this node holds in `slot` (`CLUSTER GETKEYSINSLOT`).
+    pub fn keys_in_slot(&self, slot: u16) -> std::collections::BTreeSet<String> {
+        self.cmd_bytes(&[
+            b"CLUSTER",
+            b"GETKEYSINSLOT",
+            slot.to_string().as_bytes(),
+            b"1000",
+        ])
+        .unwrap_array()
+        .into_iter()
+        .map(|r| String::from_utf8(r.unwrap_bytes()).unwrap())
+        .collect()
+    }
+}
