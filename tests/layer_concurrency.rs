@@ -1,6 +1,9 @@
 //! End to end, over real HTTP, on the demo app: concurrent requests on one
 //! session lose no update, and a logout racing in-flight writes brings
-//! nothing back. On MemoryStore, a standalone Redis and a Redis Cluster.
+//! nothing back. On MemoryStore, a standalone Redis and a Redis Cluster;
+//! and, as two application processes behind a load balancer would, on two
+//! servers with two stores, each with its near cache, sharing one Redis or
+//! one cluster (the requests of a burst alternate between them).
 
 mod common;
 #[path = "common/http.rs"]
@@ -26,15 +29,16 @@ struct Answer {
 }
 
 /// Sends all `requests` at once (lined up on a barrier), each a POST of the
-/// path with the given raw `Cookie` header, or through `browser`'s jar when
-/// `cookie` is `None`. Answers in the order of `requests`.
-async fn burst(browser: &Browser, requests: Vec<(String, Option<String>)>) -> Vec<Answer> {
+/// path with the given raw `Cookie` header, or through the browser's jar when
+/// `cookie` is `None`; request `i` goes to `browsers[i % browsers.len()]`
+/// (each browser on its own server). Answers in the order of `requests`.
+async fn burst(browsers: &[Browser], requests: Vec<(String, Option<String>)>) -> Vec<Answer> {
     let barrier = Arc::new(Barrier::new(requests.len()));
     let bare = bare_client();
     let mut tasks = JoinSet::new();
     for (i, (path, cookie)) in requests.into_iter().enumerate() {
         let barrier = barrier.clone();
-        let browser = browser.clone();
+        let browser = browsers[i % browsers.len()].clone();
         let bare = bare.clone();
         tasks.spawn(async move {
             barrier.wait().await;
@@ -69,6 +73,43 @@ async fn burst(browser: &Browser, requests: Vec<(String, Option<String>)>) -> Ve
     answers.into_values().collect()
 }
 
+/// One store and server, or (`two`) two of each with their near caches on,
+/// sharing `backend`'s data.
+async fn apps(backend: Backend, prefix: &str, two: bool) -> (Vec<Store>, Vec<Server>) {
+    let stores = if two {
+        // One deployment: one prefix, one secret.
+        let config = http::config(prefix);
+        vec![
+            Store::connect_cached(backend, config.clone()).await,
+            Store::connect_cached(backend, config).await,
+        ]
+    } else {
+        vec![Store::connect(backend, prefix).await]
+    };
+    let mut servers = Vec::new();
+    for store in &stores {
+        servers.push(Server::start(store.demo()).await);
+    }
+    (stores, servers)
+}
+
+/// A browser on each server, all holding `first`'s cookie.
+fn browsers(first: &Browser, servers: &[Server]) -> Vec<Browser> {
+    let mut all = vec![first.clone()];
+    for server in &servers[1..] {
+        let other = Browser::new(server);
+        if let Some(token) = first.token() {
+            other.set_token(&token);
+        }
+        all.push(other);
+    }
+    all
+}
+
+fn conflicts(stores: &[Store]) -> u64 {
+    stores.iter().map(|s| s.stats().conflicts).sum()
+}
+
 fn statuses(answers: &[Answer]) -> BTreeMap<u16, usize> {
     let mut counts = BTreeMap::new();
     for a in answers {
@@ -77,21 +118,22 @@ fn statuses(answers: &[Answer]) -> BTreeMap<u16, usize> {
     counts
 }
 
-async fn no_lost_updates(backend: Backend) {
+async fn no_lost_updates(backend: Backend, two: bool) {
     let prefix = http::unique_prefix("lost");
-    let store = Store::connect(backend, &prefix).await;
-    let server = Server::start(store.demo()).await;
-    let browser = Browser::new(&server);
+    let (stores, servers) = apps(backend, &prefix, two).await;
+    let browser = Browser::new(&servers[0]);
 
     // One request establishes the session; the bursts all carry its cookie.
     let response = browser.post("/api/incr/init").await;
     assert_eq!(response.status(), 200);
     let token = browser.token().expect("the first write sets a cookie");
+    let all = browsers(&browser, &servers);
+    let browser = &all[0];
 
     // 100 concurrent increments of 100 distinct keys.
     let started = Instant::now();
     let distinct = burst(
-        &browser,
+        &all,
         (0..100)
             .map(|i| (format!("/api/incr/k{i}"), None))
             .collect(),
@@ -107,7 +149,7 @@ async fn no_lost_updates(backend: Backend) {
     // 100 concurrent increments of one key.
     let started = Instant::now();
     let shared = burst(
-        &browser,
+        &all,
         (0..100)
             .map(|_| ("/api/incr/shared".to_owned(), None))
             .collect(),
@@ -146,45 +188,51 @@ async fn no_lost_updates(backend: Backend) {
     }
     expected.insert("shared".into(), json!(100));
     eprintln!(
-        "[no lost updates, {backend:?}] distinct keys: {distinct_ok}/100 answered 200, \
+        "[no lost updates, {backend:?}, {} app(s)] distinct keys: {distinct_ok}/100 answered 200, \
          {ones}/100 keys = 1 ({distinct_time:?}); shared key: {shared_ok}/100 answered 200, \
          shared = {} ({shared_time:?}); conflicts merged by the store: {}; \
          responses refreshing the (same) cookie: {refreshed}",
+        servers.len(),
         data.get("shared").unwrap_or(&Value::Null),
-        store.stats().conflicts,
+        conflicts(&stores),
     );
     assert_eq!(session, json!({ "user": null, "data": expected }));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_lost_updates_memory() {
-    no_lost_updates(Backend::Memory).await;
+    no_lost_updates(Backend::Memory, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_lost_updates_standalone() {
-    no_lost_updates(Backend::Standalone).await;
+    no_lost_updates(Backend::Standalone, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_lost_updates_cluster() {
-    no_lost_updates(Backend::Cluster).await;
+    no_lost_updates(Backend::Cluster, false).await;
 }
 
 /// A logout racing 50 in-flight writes on the same session: afterwards the
 /// old token opens nothing, and no key of the old session is left.
-async fn logout_race(backend: Backend) {
+async fn logout_race(backend: Backend, two: bool) {
     let prefix = http::unique_prefix("race");
-    let store = Store::connect(backend, &prefix).await;
-    let server = Server::start(store.demo()).await;
+    let (stores, servers) = apps(backend, &prefix, two).await;
+    let server = &servers[0];
     let mut tally: BTreeMap<&str, usize> = BTreeMap::new();
 
     for round in 0..3 {
-        let browser = Browser::new(&server);
+        let browser = Browser::new(server);
         let user = format!("racer{round}");
         browser.login(&user).await;
         assert_eq!(browser.post("/api/incr/before").await.status(), 200);
         let token = browser.token().unwrap();
+        let all = browsers(&browser, &servers);
+        // Every app has the session cached before the race.
+        for other in &all {
+            assert_eq!(other.session().await["user"], json!(user));
+        }
         let key = session_key(&prefix, &token);
         if backend != Backend::Memory {
             assert!(redis_keys(backend, &prefix).contains(&key), "{key} stored");
@@ -204,7 +252,7 @@ async fn logout_race(backend: Backend) {
                 (path, Some(cookie.clone()))
             })
             .collect();
-        let answers = burst(&browser, requests).await;
+        let answers = burst(&all, requests).await;
 
         let logout = &answers[logout_at];
         assert_eq!(logout.status, 200, "{}", logout.body);
@@ -242,10 +290,12 @@ async fn logout_race(backend: Backend) {
             }
         }
 
-        // The old token opens nothing.
-        let (status, body) = http::session_with_cookie(&bare_client(), &server, &cookie).await;
-        assert_eq!(status, 200);
-        assert_eq!(body, json!({ "user": null, "data": {} }));
+        // The old token opens nothing, on any app.
+        for server in &servers {
+            let (status, body) = http::session_with_cookie(&bare_client(), server, &cookie).await;
+            assert_eq!(status, 200);
+            assert_eq!(body, json!({ "user": null, "data": {} }));
+        }
 
         // And nothing of the old session is left in Redis: not its hash, and
         // no key in the user's hash slot (the index was its only other key;
@@ -264,23 +314,47 @@ async fn logout_race(backend: Backend) {
         }
     }
     eprintln!(
-        "[no resurrection, {backend:?}] 3 rounds of 50 writes racing a logout: {tally:?}; \
-         revivals blocked by the store: {}",
-        store.stats().revivals_blocked
+        "[no resurrection, {backend:?}, {} app(s)] 3 rounds of 50 writes racing a logout: \
+         {tally:?}; revivals blocked by the stores: {}",
+        servers.len(),
+        stores
+            .iter()
+            .map(|s| s.stats().revivals_blocked)
+            .sum::<u64>()
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logout_racing_writes_memory() {
-    logout_race(Backend::Memory).await;
+    logout_race(Backend::Memory, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logout_racing_writes_standalone() {
-    logout_race(Backend::Standalone).await;
+    logout_race(Backend::Standalone, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logout_racing_writes_cluster() {
-    logout_race(Backend::Cluster).await;
+    logout_race(Backend::Cluster, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_lost_updates_two_cached_apps_standalone() {
+    no_lost_updates(Backend::Standalone, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_lost_updates_two_cached_apps_cluster() {
+    no_lost_updates(Backend::Cluster, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logout_racing_writes_two_cached_apps_standalone() {
+    logout_race(Backend::Standalone, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logout_racing_writes_two_cached_apps_cluster() {
+    logout_race(Backend::Cluster, true).await;
 }

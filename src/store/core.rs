@@ -149,9 +149,10 @@ pub(crate) trait Backend: Send + Sync + 'static {
     ) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
     /// Returns once every invalidation of a change made before the call
-    /// reached the near cache (or the cache was emptied). Without a cache,
-    /// at once.
-    fn barrier(&self) -> impl Future<Output = ()> + Send {
+    /// reached the near cache (or the cache was emptied), for keys in the
+    /// hash slot of `key`. Without a cache, at once.
+    fn barrier(&self, key: &str) -> impl Future<Output = ()> + Send {
+        let _ = key;
         std::future::ready(())
     }
 }
@@ -541,7 +542,7 @@ impl<B: Backend> Core<B> {
         if self.near.is_some() {
             // The keys it deleted are known to Redis only: wait for their
             // invalidations, so that this process serves none of them after.
-            self.backend.barrier().await;
+            self.backend.barrier(&index).await;
         }
         revoked
     }

@@ -27,7 +27,14 @@
 //!   when Redis flushes its keys, and when the function library is found
 //!   missing (`FUNCTION FLUSH`, a restart without persistence).
 //!
-//! It is off by default, and a Redis Cluster store runs without it (see
+//! - On a Redis Cluster each master has its own invalidation connection,
+//!   and the cache's calls for a key go over the one to the master of its
+//!   hash slot; a master that stops serving exactly the slots it served (a
+//!   failover, a finished slot migration) or a `MOVED` reply empties the
+//!   cache, which then fills again from the new masters.
+//!
+//! It is off by default; Sentinel and pool-built stores, and stores with
+//! custom TLS certificates, run without it (see
 //! [`RedisStoreBuilder::near_cache`](crate::RedisStoreBuilder::near_cache)).
 
 use std::collections::{BTreeMap, HashMap};

@@ -15,7 +15,7 @@ use crate::store::pool::{CallError, Connections, Pool, Timeouts};
 use crate::store::reply::{Listed, Loaded};
 use crate::store::sentinel::{self, NodeAuth};
 use crate::store::tls::{self, TlsConfig};
-use crate::store::tracking::{Sent, Tracking};
+use crate::store::tracking::{Sent, Target, Tracking};
 use crate::store::{StoreConfig, StoreError};
 
 pub(crate) mod preload;
@@ -365,9 +365,10 @@ impl RedisStoreBuilder {
     /// and a change made elsewhere is served for at most
     /// [`max_staleness`](NearCache::max_staleness).
     ///
-    /// It needs its own connection to Redis, so it works with
-    /// [`connect`](Self::connect) only: a store made with
-    /// [`connect_cluster`](Self::connect_cluster) or a `from_*pool` method
+    /// It needs its own connections to Redis (one to a single Redis, one
+    /// per master of a cluster), so it works with [`connect`](Self::connect)
+    /// and [`connect_cluster`](Self::connect_cluster): a store made with
+    /// `connect_sentinel`, a `from_*pool` method or custom TLS certificates
     /// runs without it (and says so in the log).
     ///
     /// ```no_run
@@ -406,7 +407,8 @@ impl RedisStoreBuilder {
             .runtime(Runtime::Tokio1)
             .build()
             .map_err(|e| StoreError::Config(e.to_string()))?;
-        self.build(Pool::Single(pool), Some(url)).await
+        let target = Target::Single(url.to_owned());
+        self.build(Pool::Single(pool), Some(target)).await
     }
 
     /// Connects to the Redis Cluster reachable at any of `urls`.
@@ -428,7 +430,7 @@ impl RedisStoreBuilder {
             return self.build(Pool::ClusterTls(pool), None).await;
         }
         let config = deadpool_redis::cluster::Config {
-            urls: Some(urls),
+            urls: Some(urls.clone()),
             connections: None,
             pool: Some(self.pool_config()),
             read_from_replicas: false,
@@ -436,7 +438,8 @@ impl RedisStoreBuilder {
         let pool = config
             .create_pool(Some(Runtime::Tokio1))
             .map_err(|e| StoreError::Config(e.to_string()))?;
-        self.from_cluster_pool(pool).await
+        self.build(Pool::Cluster(pool), Some(Target::Cluster(urls)))
+            .await
     }
 
     /// Uses connections from an existing pool (to a single Redis). The store
@@ -463,26 +466,26 @@ impl RedisStoreBuilder {
         config
     }
 
-    async fn build(self, pool: Pool, url: Option<&str>) -> Result<RedisStore, StoreError> {
+    async fn build(self, pool: Pool, target: Option<Target>) -> Result<RedisStore, StoreError> {
         let max_in_flight = self
             .max_in_flight
             .unwrap_or(self.pool_size.saturating_mul(32));
-        // The invalidation connection is opened from the URL alone: with
+        // The invalidation connections are opened from the URLs alone: with
         // custom TLS certificates the cache stays off rather than connect
         // without them.
-        let url = url.filter(|_| self.tls.is_none());
-        let tracking = match (self.near.is_enabled(), url) {
-            (true, Some(url)) => {
+        let target = target.filter(|_| self.tls.is_none());
+        let tracking = match (self.near.is_enabled(), target) {
+            (true, Some(target)) => {
                 let near = std::sync::Arc::new(Near::new(self.near));
                 let tracking =
-                    Tracking::start(near, url, self.timeouts.connect, self.timeouts.command)
+                    Tracking::start(near, target, self.timeouts.connect, self.timeouts.command)
                         .map_err(|e| StoreError::Config(e.to_string()))?;
                 Some(tracking)
             }
             (true, None) => {
                 tracing::warn!(
-                    "near cache asked for a store made from a pool, a cluster, Sentinel \
-                     or with custom TLS certificates: running without it"
+                    "near cache asked for a store made from a pool, Sentinel or with \
+                     custom TLS certificates: running without it"
                 );
                 None
             }
@@ -582,9 +585,13 @@ impl RedisBackend {
     /// A call whose reply the near cache may keep: over the invalidation
     /// connection while it is proven alive (see `store::tracking`), else as
     /// any call. `true` with the reply when it came over that connection.
-    async fn fcall_near<T: FromRedisValue>(&self, cmd: Cmd) -> Result<(T, bool), StoreError> {
+    async fn fcall_near<T: FromRedisValue>(
+        &self,
+        key: &str,
+        cmd: Cmd,
+    ) -> Result<(T, bool), StoreError> {
         if let Some(tracking) = &self.tracking {
-            match tracking.query::<T>(&cmd).await {
+            match tracking.query::<T>(key, &cmd).await {
                 Sent::Reply(Ok(value)) => return Ok((value, true)),
                 // Registered again (and sent again) through the pool.
                 Sent::Reply(Err(e)) if is_missing_function(&e) => {}
@@ -621,7 +628,7 @@ impl RedisBackend {
             // Over the invalidation connection: keep tracking the key.
             .arg(u8::from(near && self.tracking.is_some()));
         let reply: RawSave = if near {
-            match self.fcall_near(cmd).await? {
+            match self.fcall_near(w.key, cmd).await? {
                 (RawSave::Saved(version, ended, _), tracked) => {
                     RawSave::Saved(version, ended, tracked)
                 }
@@ -776,7 +783,7 @@ impl Backend for RedisBackend {
     async fn load(&self, key: &str, now: Millis, touch: u64) -> Result<Option<Raw>, StoreError> {
         let mut cmd = fcall(&self.library.load, &[key], 2, 2 * NUM);
         cmd.arg(now).arg(touch);
-        let (Loaded(raw), tracked) = self.fcall_near(cmd).await?;
+        let (Loaded(raw), tracked) = self.fcall_near(key, cmd).await?;
         Ok(raw.map(|raw| Raw { tracked, ..raw }))
     }
 
@@ -854,9 +861,9 @@ impl Backend for RedisBackend {
         self.fcall(cmd).await
     }
 
-    async fn barrier(&self) {
+    async fn barrier(&self, key: &str) {
         if let Some(tracking) = &self.tracking {
-            tracking.barrier().await;
+            tracking.barrier(key).await;
         }
     }
 }

@@ -1,14 +1,16 @@
-//! The near cache's invalidation connection: one RESP3 connection to Redis
-//! with `CLIENT TRACKING ON` (default mode), kept by a background task that
-//! heartbeats on it and remakes it when it breaks.
+//! The near cache's invalidation connections: RESP3 connections with
+//! `CLIENT TRACKING ON` (default mode), one to a single Redis or one to
+//! each master of a Redis Cluster, kept by a background task that
+//! heartbeats on them and remakes them all when one breaks.
 //!
-//! - **Own calls**: the cache's loads and saves travel on this connection,
-//!   so Redis tracks the keys they read (reads inside `FCALL` are tracked)
-//!   and pushes `invalidate` when another client changes, deletes or
-//!   expires one. A process is told only about sessions it read: the
+//! - **Own calls**: the cache's loads and saves travel on these
+//!   connections (on a cluster, on the one to the master of the key's hash
+//!   slot), so Redis tracks the keys they read (reads inside `FCALL` are
+//!   tracked) and pushes `invalidate` when another client changes, deletes
+//!   or expires one. A process is told only about sessions it read: the
 //!   fan-out of a write is the number of processes that hold that session,
 //!   not the number of processes.
-//! - **Order**: on this connection Redis sends the invalidations of writes
+//! - **Order**: on a connection Redis sends the invalidations of writes
 //!   made before a call, then the call's reply, then the invalidation of the
 //!   call's own write (a script's writes are never spared, `NOLOOP` or not),
 //!   then those of later writes. The `save` and `load` functions read their
@@ -17,23 +19,45 @@
 //!   reply is delivered; the closure applies it at once (see
 //!   `Near::finish` for how a reply is judged against the invalidations
 //!   counted since its call was sent).
-//! - **Heartbeats**: a `PING` every quarter of `max_staleness`; an answer
-//!   proves every invalidation sent before it arrived (same connection, in
+//! - **Heartbeats**: every quarter of `max_staleness`, a probe on every
+//!   connection, sent at once; answers from all of them prove that every
+//!   invalidation sent before the probes arrived (same connections, in
 //!   order). Entries are served only within `max_staleness` of the sending
-//!   of the last answered heartbeat, and calls take this connection only
-//!   then. A heartbeat not answered within `max_staleness` (or the command
-//!   timeout, if longer) ends the connection: the cache is emptied and the
-//!   connection made again.
+//!   of the last probes all answered, and calls take these connections only
+//!   then. A probe not answered within `max_staleness` (or the command
+//!   timeout, if longer) ends them all: the cache is emptied and the
+//!   connections made again.
+//! - **Redis Cluster**: the masters and their slots come from `CLUSTER
+//!   SLOTS` of any reachable node; each connection checks with `CLUSTER
+//!   MYID` that it reached the master it was meant for. The probe there is
+//!   `CLUSTER SLOTS`, asked of each master: a master that no longer serves
+//!   exactly the slots it was mapped with (a failover, a finished slot
+//!   migration) ends the connections, and so does a `MOVED` reply to a
+//!   call. Between probes a moving key cannot go stale here either: the
+//!   `MIGRATE` that takes a key off its master deletes it there, and that
+//!   deletion is an invalidation; while its slot migrates, a call for a key
+//!   already moved gets `ASK` and goes to the cluster client (not cached).
 
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Cmd, FromRedisValue, PushInfo, RedisError};
+use redis::{
+    AsyncConnectionConfig, Cmd, ConnectionAddr, ConnectionInfo, FromRedisValue, IntoConnectionInfo,
+    ProtocolVersion, PushInfo, RedisError, Value,
+};
 
 use crate::store::near_cache::Near;
 
-/// What the store keeps of its invalidation connection.
+/// Where the invalidation connections go.
+pub(crate) enum Target {
+    /// One Redis at this URL.
+    Single(String),
+    /// A Redis Cluster reachable at any of these URLs.
+    Cluster(Vec<String>),
+}
+
+/// What the store keeps of its invalidation connections.
 pub(crate) struct Tracking {
     shared: Arc<Shared>,
     task: tokio::task::AbortHandle,
@@ -41,18 +65,42 @@ pub(crate) struct Tracking {
 
 struct Shared {
     near: Arc<Near>,
-    conn: Mutex<Option<(MultiplexedConnection, u64)>>,
+    channels: Mutex<Option<Channels>>,
     command: Duration,
 }
 
-/// How a call over the invalidation connection went.
+/// The connections of one generation.
+#[derive(Clone)]
+struct Channels {
+    generation: u64,
+    conns: Vec<MultiplexedConnection>,
+    /// Redis Cluster: for each hash slot, the index in `conns` of its
+    /// master (`NO_MASTER` if none); empty for a single Redis.
+    route: Arc<[u16]>,
+}
+
+const NO_MASTER: u16 = u16::MAX;
+const SLOTS: u16 = 16384;
+
+impl Channels {
+    fn for_key(&self, key: &str) -> Option<MultiplexedConnection> {
+        if self.route.is_empty() {
+            return self.conns.first().cloned();
+        }
+        let index = *self.route.get(usize::from(slot(key.as_bytes())))?;
+        self.conns.get(usize::from(index)).cloned()
+    }
+}
+
+/// How a call over an invalidation connection went.
 pub(crate) enum Sent<T> {
     /// Answered (possibly with an error reply, which does not end the connection).
     Reply(Result<T, RedisError>),
-    /// No answer in time: the connection is dropped and the cache emptied;
+    /// No answer in time: the connections are dropped and the cache emptied;
     /// the call may or may not have run.
     TimedOut,
-    /// The connection is down or broke (the cache is emptied): send it elsewhere.
+    /// Not sent, or refused before it ran (down, broke, or a cluster
+    /// redirect): send it elsewhere.
     Elsewhere,
 }
 
@@ -62,32 +110,31 @@ impl Drop for Tracking {
     }
 }
 
-/// The URL of `url` asking for RESP3.
-fn resp3(url: &str) -> String {
-    if url.contains("protocol=") {
-        return url.to_owned();
-    }
-    let sep = if url.contains('?') { '&' } else { '?' };
-    format!("{url}{sep}protocol=resp3")
-}
-
 impl Tracking {
-    /// Starts the invalidation connection to the Redis at `url`, in the
-    /// background (the cache serves nothing until it is up). Needs a tokio
-    /// runtime.
+    /// Starts the invalidation connections to `target` in the background
+    /// (the cache serves nothing until they are up). Needs a tokio runtime.
     pub(crate) fn start(
         near: Arc<Near>,
-        url: &str,
+        target: Target,
         connect: Duration,
         command: Duration,
     ) -> Result<Tracking, RedisError> {
-        let client = redis::Client::open(resp3(url))?;
+        // A URL that cannot work is a configuration error now, not a
+        // reconnection loop later.
+        match &target {
+            Target::Single(url) => drop(url.as_str().into_connection_info()?),
+            Target::Cluster(urls) => {
+                for url in urls {
+                    drop(url.as_str().into_connection_info()?);
+                }
+            }
+        }
         let shared = Arc::new(Shared {
             near,
-            conn: Mutex::new(None),
+            channels: Mutex::new(None),
             command,
         });
-        let task = tokio::spawn(run(Arc::downgrade(&shared), client, connect)).abort_handle();
+        let task = tokio::spawn(run(Arc::downgrade(&shared), target, connect)).abort_handle();
         Ok(Tracking { shared, task })
     }
 
@@ -95,30 +142,33 @@ impl Tracking {
         &self.shared.near
     }
 
-    /// The connection, while it is proven alive (a heartbeat answered
-    /// within `max_staleness`): a silent one gets no calls.
-    fn current(&self) -> Option<(MultiplexedConnection, u64)> {
+    /// The connection for `key`, while the connections are proven alive (a
+    /// heartbeat answered within `max_staleness`): silent ones get no calls.
+    fn current(&self, key: &str) -> Option<(MultiplexedConnection, u64)> {
         if !self.shared.near.is_proven() {
             return None;
         }
-        lock(&self.shared.conn).clone()
+        let channels = lock(&self.shared.channels);
+        let channels = channels.as_ref()?;
+        Some((channels.for_key(key)?, channels.generation))
     }
 
-    /// Drops the connection of `generation` (the task makes a new one).
+    /// Drops the connections of `generation` (the task makes new ones).
     fn fail(&self, generation: u64) {
-        let mut conn = lock(&self.shared.conn);
-        if matches!(conn.as_ref(), Some((_, g)) if *g == generation) {
-            *conn = None;
+        let mut channels = lock(&self.shared.channels);
+        if matches!(channels.as_ref(), Some(c) if c.generation == generation) {
+            *channels = None;
         }
-        drop(conn);
+        drop(channels);
         self.shared.near.disconnected(generation);
     }
 
-    /// Sends `cmd` over the invalidation connection, within the command
-    /// timeout or `max_staleness`, whichever is shorter (a connection that
-    /// slow cannot prove the cache fresh anyway).
-    pub(crate) async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> Sent<T> {
-        let Some((mut conn, generation)) = self.current() else {
+    /// Sends `cmd`, whose key is `key`, over the invalidation connection
+    /// that tracks `key`, within the command timeout or `max_staleness`,
+    /// whichever is shorter (a connection that slow cannot prove the cache
+    /// fresh anyway).
+    pub(crate) async fn query<T: FromRedisValue>(&self, key: &str, cmd: &Cmd) -> Sent<T> {
+        let Some((mut conn, generation)) = self.current(key) else {
             return Sent::Elsewhere;
         };
         let patience = self
@@ -135,6 +185,17 @@ impl Tracking {
                 self.fail(generation);
                 Sent::Elsewhere
             }
+            // Refused before the function ran. The slot map moved: the
+            // connections are made again from the new one.
+            Ok(Err(e)) if e.code() == Some("MOVED") => {
+                self.fail(generation);
+                Sent::Elsewhere
+            }
+            // A slot in migration, or a cluster in trouble: the cluster
+            // client follows the redirect or answers.
+            Ok(Err(e)) if matches!(e.code(), Some("ASK" | "TRYAGAIN" | "CLUSTERDOWN")) => {
+                Sent::Elsewhere
+            }
             Ok(Err(e)) => Sent::Reply(Err(e)),
             Err(_) => {
                 self.fail(generation);
@@ -143,13 +204,13 @@ impl Tracking {
         }
     }
 
-    /// Returns once every invalidation Redis sent before now has been
-    /// applied (a `PING` answered on the connection); empties the cache if
-    /// that cannot be shown.
-    pub(crate) async fn barrier(&self) {
+    /// Returns once every invalidation Redis sent (for keys in `key`'s hash
+    /// slot) before now has been applied: a `PING` answered on the
+    /// connection that tracks them. Empties the cache if that cannot be shown.
+    pub(crate) async fn barrier(&self, key: &str) {
         let mut ping = redis::cmd("PING");
         ping.arg("barrier");
-        match self.query::<redis::Value>(&ping).await {
+        match self.query::<Value>(key, &ping).await {
             Sent::Reply(Ok(_)) => {}
             _ => self.shared.near.clear(),
         }
@@ -160,10 +221,10 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Keeps the invalidation connection: connect, turn tracking on, heartbeat;
-/// on any failure empty the cache and start over (backing off up to 1 s).
-/// Ends when the store is dropped.
-async fn run(shared: Weak<Shared>, client: redis::Client, connect: Duration) {
+/// Keeps the invalidation connections: connect, turn tracking on,
+/// heartbeat; on any failure empty the cache and start over (backing off up
+/// to 1 s). Ends when the store is dropped.
+async fn run(shared: Weak<Shared>, target: Target, connect: Duration) {
     let mut backoff = Duration::from_millis(20);
     loop {
         let Some(state) = shared.upgrade() else {
@@ -173,9 +234,229 @@ async fn run(shared: Weak<Shared>, client: redis::Client, connect: Duration) {
         let command = state.command;
         drop(state);
         let generation = near.reconnecting();
-        let pushes = Arc::downgrade(&near);
+        let link = Link {
+            near: &near,
+            generation,
+            connect,
+            command,
+        };
+        let opened = match &target {
+            Target::Single(url) => link.single(url).await,
+            Target::Cluster(urls) => link.cluster(urls).await,
+        };
+        match opened {
+            Ok((channels, probes)) => {
+                let Some(state) = shared.upgrade() else {
+                    return;
+                };
+                *lock(&state.channels) = Some(channels.clone());
+                drop(state);
+                near.connected(generation);
+                tracing::debug!(
+                    connections = channels.conns.len(),
+                    "near cache: invalidation connections up"
+                );
+                backoff = Duration::from_millis(20);
+                heartbeat(&shared, &near, &channels, &probes, command).await;
+                tracing::warn!(
+                    "near cache: an invalidation connection was lost or a master's slots \
+                     changed; cache emptied, reconnecting"
+                );
+            }
+            Err(reason) => {
+                tracing::warn!(%reason, "near cache: no invalidation connections; retrying");
+            }
+        }
+        if let Some(state) = shared.upgrade() {
+            let mut channels = lock(&state.channels);
+            if matches!(channels.as_ref(), Some(c) if c.generation == generation) {
+                *channels = None;
+            }
+        }
+        near.disconnected(generation);
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(1));
+    }
+}
+
+/// What a heartbeat asks of one connection.
+#[derive(Clone)]
+enum Probe {
+    /// A single Redis: any answer will do.
+    Ping,
+    /// A cluster master: it must still serve exactly these slots.
+    Slots { id: String, ranges: Vec<(u16, u16)> },
+}
+
+impl Probe {
+    async fn run(self, mut conn: MultiplexedConnection) -> bool {
+        match self {
+            Probe::Ping => redis::cmd("PING")
+                .query_async::<Value>(&mut conn)
+                .await
+                .is_ok(),
+            Probe::Slots { id, ranges } => {
+                let reply = redis::cmd("CLUSTER")
+                    .arg("SLOTS")
+                    .query_async::<Value>(&mut conn)
+                    .await;
+                match reply.ok().as_ref().and_then(parse_slots) {
+                    Some(map) => own_ranges(&map, &id) == ranges,
+                    None => false,
+                }
+            }
+        }
+    }
+}
+
+/// Heartbeats on `channels` until a probe fails or goes unanswered, the
+/// connections are replaced or broke, or the store is dropped.
+async fn heartbeat(
+    shared: &Weak<Shared>,
+    near: &Arc<Near>,
+    channels: &Channels,
+    probes: &[Probe],
+    command: Duration,
+) {
+    let every = near.config().heartbeat();
+    let patience = near.config().get_max_staleness().max(command);
+    loop {
+        if shared.strong_count() == 0 || !near.is_up() {
+            return;
+        }
+        let sent = Instant::now();
+        let mut answers = tokio::task::JoinSet::new();
+        for (conn, probe) in channels.conns.iter().zip(probes) {
+            answers.spawn(probe.clone().run(conn.clone()));
+        }
+        let all = async {
+            let mut all = true;
+            while let Some(answer) = answers.join_next().await {
+                all &= matches!(answer, Ok(true));
+            }
+            all
+        };
+        match tokio::time::timeout(patience, all).await {
+            Ok(true) => near.proved(channels.generation, sent),
+            _ => return,
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// What making the connections of one generation needs.
+struct Link<'a> {
+    near: &'a Arc<Near>,
+    generation: u64,
+    connect: Duration,
+    command: Duration,
+}
+
+impl Link<'_> {
+    async fn single(&self, url: &str) -> Result<(Channels, Vec<Probe>), String> {
+        let info = url.into_connection_info().map_err(|e| e.to_string())?;
+        let conn = self.tracked(info).await?;
+        let channels = Channels {
+            generation: self.generation,
+            conns: vec![conn],
+            route: Arc::from(Vec::new()),
+        };
+        Ok((channels, vec![Probe::Ping]))
+    }
+
+    async fn cluster(&self, urls: &[String]) -> Result<(Channels, Vec<Probe>), String> {
+        let mut last = String::from("no cluster URL given");
+        for url in urls {
+            match self.cluster_from(url).await {
+                Ok(opened) => return Ok(opened),
+                Err(reason) => last = reason,
+            }
+        }
+        Err(last)
+    }
+
+    /// The masters as the node at `url` sees them, each with a tracking
+    /// connection that `CLUSTER MYID` showed to reach that master.
+    async fn cluster_from(&self, url: &str) -> Result<(Channels, Vec<Probe>), String> {
+        let seed = url.into_connection_info().map_err(|e| e.to_string())?;
+        let map = {
+            let client = redis::Client::open(seed.clone()).map_err(|e| e.to_string())?;
+            let mut conn = self
+                .within(self.connect, client.get_multiplexed_async_connection())
+                .await?;
+            let reply: Value = self
+                .within(
+                    self.command,
+                    redis::cmd("CLUSTER").arg("SLOTS").query_async(&mut conn),
+                )
+                .await?;
+            parse_slots(&reply).ok_or("CLUSTER SLOTS: an unexpected reply")?
+        };
+        let mut masters: Vec<(SlotOwner, Vec<(u16, u16)>)> = Vec::new();
+        for (first, last, owner) in map {
+            match masters.iter_mut().find(|(known, _)| known.id == owner.id) {
+                Some((_, ranges)) => ranges.push((first, last)),
+                None => masters.push((owner, vec![(first, last)])),
+            }
+        }
+        let mut route = vec![NO_MASTER; usize::from(SLOTS)];
+        let mut conns = Vec::with_capacity(masters.len());
+        let mut probes = Vec::with_capacity(masters.len());
+        for (index, (owner, mut ranges)) in masters.into_iter().enumerate() {
+            let host = if owner.host.is_empty() {
+                // "": the node does not know its own address; it is the
+                // one that was asked.
+                host_of(seed.addr()).to_owned()
+            } else {
+                owner.host.clone()
+            };
+            let info = seed
+                .clone()
+                .set_addr(with_host(seed.addr(), host, owner.port));
+            let mut conn = self.tracked(info).await?;
+            let id: String = self
+                .within(
+                    self.command,
+                    redis::cmd("CLUSTER").arg("MYID").query_async(&mut conn),
+                )
+                .await?;
+            if id != owner.id {
+                return Err(format!(
+                    "{}:{} answers as node {id}, not {}",
+                    owner.host, owner.port, owner.id
+                ));
+            }
+            let slot_index = u16::try_from(index).map_err(|_| "too many masters")?;
+            for &(first, last) in &ranges {
+                for slot in first..=last.min(SLOTS - 1) {
+                    route[usize::from(slot)] = slot_index;
+                }
+            }
+            ranges.sort_unstable();
+            conns.push(conn);
+            probes.push(Probe::Slots { id, ranges });
+        }
+        let channels = Channels {
+            generation: self.generation,
+            conns,
+            route: Arc::from(route),
+        };
+        Ok((channels, probes))
+    }
+
+    /// A RESP3 connection to `info` whose pushes reach the cache, with
+    /// tracking on.
+    async fn tracked(&self, info: ConnectionInfo) -> Result<MultiplexedConnection, String> {
+        let settings = info
+            .redis_settings()
+            .clone()
+            .set_protocol(ProtocolVersion::RESP3);
+        let client =
+            redis::Client::open(info.set_redis_settings(settings)).map_err(|e| e.to_string())?;
+        let pushes = Arc::downgrade(self.near);
+        let generation = self.generation;
         let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(connect))
+            .set_connection_timeout(Some(self.connect))
             .set_response_timeout(None)
             .set_push_sender(
                 move |info: PushInfo| -> Result<(), std::convert::Infallible> {
@@ -185,69 +466,200 @@ async fn run(shared: Weak<Shared>, client: redis::Client, connect: Duration) {
                     Ok(())
                 },
             );
-        let connected = tokio::time::timeout(
-            connect,
-            client.get_multiplexed_async_connection_with_config(&config),
-        )
-        .await;
-        if let Ok(Ok(mut conn)) = connected {
-            let mut on = redis::cmd("CLIENT");
-            // Default mode: Redis tracks the keys this connection reads
-            // (inside FCALL too) and tells it when they change.
-            on.arg("TRACKING").arg("ON");
-            let tracking =
-                tokio::time::timeout(command, on.query_async::<redis::Value>(&mut conn)).await;
-            if let Ok(Ok(_)) = tracking {
-                let Some(state) = shared.upgrade() else {
-                    return;
-                };
-                *lock(&state.conn) = Some((conn.clone(), generation));
-                drop(state);
-                near.connected(generation);
-                tracing::debug!("near cache: invalidation connection up");
-                backoff = Duration::from_millis(20);
-                heartbeat(&shared, &near, conn, generation, command).await;
-                tracing::warn!(
-                    "near cache: invalidation connection lost; cache emptied, reconnecting"
-                );
-            } else {
-                tracing::warn!("near cache: CLIENT TRACKING refused or timed out; retrying");
-            }
+        let mut conn = self
+            .within(
+                self.connect,
+                client.get_multiplexed_async_connection_with_config(&config),
+            )
+            .await?;
+        // Default mode: Redis tracks the keys this connection reads (inside
+        // FCALL too) and tells it when they change.
+        let _: Value = self
+            .within(
+                self.command,
+                redis::cmd("CLIENT")
+                    .arg("TRACKING")
+                    .arg("ON")
+                    .query_async(&mut conn),
+            )
+            .await?;
+        Ok(conn)
+    }
+
+    async fn within<T>(
+        &self,
+        bound: Duration,
+        call: impl Future<Output = Result<T, RedisError>>,
+    ) -> Result<T, String> {
+        match tokio::time::timeout(bound, call).await {
+            Ok(result) => result.map_err(|e| e.to_string()),
+            Err(_) => Err(format!("no answer within {bound:?}")),
         }
-        if let Some(state) = shared.upgrade() {
-            let mut conn = lock(&state.conn);
-            if matches!(conn.as_ref(), Some((_, g)) if *g == generation) {
-                *conn = None;
-            }
-        }
-        near.disconnected(generation);
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(1));
     }
 }
 
-/// Heartbeats on `conn` until one goes unanswered, the connection of
-/// `generation` is replaced or broke, or the store is dropped.
-async fn heartbeat(
-    shared: &Weak<Shared>,
-    near: &Arc<Near>,
-    mut conn: MultiplexedConnection,
-    generation: u64,
-    command: Duration,
-) {
-    let every = near.config().heartbeat();
-    let patience = near.config().get_max_staleness().max(command);
-    let ping = redis::cmd("PING");
-    loop {
-        if shared.strong_count() == 0 || !near.is_up() {
-            return;
-        }
-        let sent = Instant::now();
+/// A slot range's master, as `CLUSTER SLOTS` names it.
+#[derive(Debug, PartialEq, Eq)]
+struct SlotOwner {
+    host: String,
+    port: u16,
+    id: String,
+}
 
-        match tokio::time::timeout(patience, ping.query_async::<redis::Value>(&mut conn)).await {
-            Ok(Ok(_)) => near.proved(generation, sent),
-            _ => return,
+/// `CLUSTER SLOTS`: `[first, last, [host, port, id, ...], replicas...]` per
+/// range.
+fn parse_slots(reply: &Value) -> Option<Vec<(u16, u16, SlotOwner)>> {
+    let Value::Array(ranges) = reply else {
+        return None;
+    };
+    ranges
+        .iter()
+        .map(|range| {
+            let Value::Array(fields) = range else {
+                return None;
+            };
+            let first = u16::try_from(int(fields.first()?)?).ok()?;
+            let last = u16::try_from(int(fields.get(1)?)?).ok()?;
+            let Value::Array(master) = fields.get(2)? else {
+                return None;
+            };
+            let owner = SlotOwner {
+                host: text(master.first()?)?,
+                port: u16::try_from(int(master.get(1)?)?).ok()?,
+                id: text(master.get(2)?)?,
+            };
+            Some((first, last, owner))
+        })
+        .collect()
+}
+
+/// The ranges `CLUSTER SLOTS` gives to master `id`, sorted.
+fn own_ranges(map: &[(u16, u16, SlotOwner)], id: &str) -> Vec<(u16, u16)> {
+    let mut ranges: Vec<(u16, u16)> = map
+        .iter()
+        .filter(|(_, _, owner)| owner.id == id)
+        .map(|(first, last, _)| (*first, *last))
+        .collect();
+    ranges.sort_unstable();
+    ranges
+}
+
+fn int(value: &Value) -> Option<i64> {
+    match value {
+        Value::Int(n) => Some(*n),
+        _ => None,
+    }
+}
+
+fn text(value: &Value) -> Option<String> {
+    match value {
+        Value::BulkString(bytes) => String::from_utf8(bytes.clone()).ok(),
+        Value::SimpleString(text) | Value::VerbatimString { text, .. } => Some(text.clone()),
+        _ => None,
+    }
+}
+
+fn host_of(addr: &ConnectionAddr) -> &str {
+    match addr {
+        ConnectionAddr::Tcp(host, _) | ConnectionAddr::TcpTls { host, .. } => host,
+        ConnectionAddr::Unix(_) => "",
+        _ => "",
+    }
+}
+
+/// `addr` (its TLS settings kept) at another host and port.
+fn with_host(addr: &ConnectionAddr, host: String, port: u16) -> ConnectionAddr {
+    match addr {
+        ConnectionAddr::TcpTls {
+            insecure,
+            tls_params,
+            ..
+        } => ConnectionAddr::TcpTls {
+            host,
+            port,
+            insecure: *insecure,
+            tls_params: tls_params.clone(),
+        },
+        _ => ConnectionAddr::Tcp(host, port),
+    }
+}
+
+/// The Redis Cluster hash slot of `key`: CRC16 (XMODEM) of its hash tag
+/// (the first non-empty `{...}`), or of the whole key, modulo 16384.
+fn slot(key: &[u8]) -> u16 {
+    let hashed = key
+        .iter()
+        .position(|&b| b == b'{')
+        .and_then(|open| {
+            let rest = &key[open + 1..];
+            let len = rest.iter().position(|&b| b == b'}')?;
+            (len > 0).then(|| &rest[..len])
+        })
+        .unwrap_or(key);
+    let mut crc: u16 = 0;
+    for &byte in hashed {
+        crc ^= u16::from(byte) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
         }
-        tokio::time::sleep(every).await;
+    }
+    crc % SLOTS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_are_redis_cluster_slots() {
+        // Values from `CLUSTER KEYSLOT` (Redis 7.0).
+        assert_eq!(slot(b"foo"), 12182);
+        assert_eq!(slot(b"123456789"), 0x31c3 % SLOTS);
+        assert_eq!(slot(b"{user1000}.following"), slot(b"user1000"));
+        assert_eq!(slot(b"foo{}{bar}"), slot(b"foo{}{bar}"));
+        assert_eq!(slot(b"foo{}{bar}"), 8363);
+        assert_eq!(slot(b"foo{{bar}}zap"), slot(b"{bar"));
+        assert_eq!(slot(b"foo{bar}{zap}"), slot(b"bar"));
+    }
+
+    #[test]
+    fn cluster_slots_replies_are_read_per_master() {
+        let node = |host: &str, port: i64, id: &str| {
+            Value::Array(vec![
+                Value::BulkString(host.as_bytes().to_vec()),
+                Value::Int(port),
+                Value::BulkString(id.as_bytes().to_vec()),
+                Value::Array(vec![]),
+            ])
+        };
+        let reply = Value::Array(vec![
+            Value::Array(vec![
+                Value::Int(0),
+                Value::Int(99),
+                node("10.0.0.1", 7000, "a"),
+                node("10.0.0.9", 7009, "r"),
+            ]),
+            Value::Array(vec![
+                Value::Int(100),
+                Value::Int(16383),
+                node("", 7001, "b"),
+            ]),
+            Value::Array(vec![
+                Value::Int(5),
+                Value::Int(6),
+                node("10.0.0.1", 7000, "a"),
+            ]),
+        ]);
+        let map = parse_slots(&reply).unwrap();
+        assert_eq!(map.len(), 3);
+        assert_eq!(map[1].2.host, "");
+        assert_eq!(own_ranges(&map, "a"), vec![(0, 99), (5, 6)]);
+        assert_eq!(own_ranges(&map, "b"), vec![(100, 16383)]);
+        assert!(own_ranges(&map, "r").is_empty(), "replicas own nothing");
+        assert_eq!(parse_slots(&Value::Int(1)), None);
     }
 }

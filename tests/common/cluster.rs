@@ -85,6 +85,48 @@ impl RedisCluster {
         self.node_for_slot(key_slot(key.as_bytes()))
     }
 
+    /// Starts a replica of node `master` and waits until it is in sync and
+    /// every node knows it; returns its index in [`RedisCluster::nodes`].
+    /// (Its `slots` entry stays with the master: after
+    /// [`RedisCluster::fail_over`] use the nodes' own `CLUSTER SLOTS`.)
+    pub fn add_replica(&mut self, master: usize) -> usize {
+        let replica = RedisServer::start_with(node_options());
+        let master_id = self.nodes[master].node_id();
+        let port = self.nodes[master].port().to_string();
+        expect_ok(&replica, &["CLUSTER", "MEET", "127.0.0.1", &port]);
+        wait_for("the replica to learn its master", || {
+            replica.cmd(&["CLUSTER", "NODES"]).contains(&master_id)
+        });
+        expect_ok(&replica, &["CLUSTER", "REPLICATE", &master_id]);
+        let replica_id = replica.node_id();
+        wait_for("the replica to sync", || {
+            replica
+                .cmd(&["INFO", "replication"])
+                .contains("master_link_status:up")
+        });
+        let nodes = &self.nodes;
+        wait_for("every node to know the replica", || {
+            nodes
+                .iter()
+                .all(|n| n.cmd(&["CLUSTER", "NODES"]).contains(&replica_id))
+        });
+        self.nodes.push(replica);
+        self.nodes.len() - 1
+    }
+
+    /// `CLUSTER FAILOVER` on the replica `replica`: it takes its master's
+    /// slots (the old master stays up, as its replica). Waits until every
+    /// node names it as the owner of `slot`.
+    pub fn fail_over(&self, replica: usize, slot: u16) {
+        let node = &self.nodes[replica];
+        expect_ok(node, &["CLUSTER", "FAILOVER"]);
+        let port = i64::from(node.port());
+        let nodes = &self.nodes;
+        wait_for("every node to see the failover", || {
+            nodes.iter().all(|n| owner_port(n, slot) == Some(port))
+        });
+    }
+
     /// `INFO commandstats` summed over all nodes (one `INFO` per node,
     /// excluded as described on [`CommandStats`]).
     pub fn commandstats(&self) -> CommandStats {
@@ -130,6 +172,31 @@ fn join(nodes: &[RedisServer]) {
             );
         }
     }
+}
+
+/// Polls `done` every 20 ms for up to 30 s; panics naming `what` then.
+fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + CLUSTER_READY_TIMEOUT;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The port of the master that `node` says serves `slot`.
+fn owner_port(node: &RedisServer, slot: u16) -> Option<i64> {
+    let reply = node.cmd_bytes(&[b"CLUSTER", b"SLOTS"]);
+    reply.as_array()?.iter().find_map(|range| {
+        let parts = range.as_array()?;
+        let first = parts.first()?.as_int()?;
+        let last = parts.get(1)?.as_int()?;
+        let Some(Reply::Array(master)) = parts.get(2) else {
+            return None;
+        };
+        (first..=last)
+            .contains(&i64::from(slot))
+            .then(|| master.get(1)?.as_int())?
+    })
 }
 
 fn expect_ok(node: &RedisServer, args: &[&str]) {

@@ -117,6 +117,30 @@ impl Store {
             )),
             Backend::Cluster => Store::Redis(Arc::new(
                 RedisStore::builder(config(prefix))
+                    .near_cache(near_cache_from_env())
+                    .connect_cluster(crate::common::shared_cluster().urls())
+                    .await
+                    .unwrap(),
+            )),
+        }
+    }
+
+    /// A Redis store of `backend` with `config` and the near cache on,
+    /// whatever the environment says (two of them with one config are two
+    /// application processes of one deployment).
+    pub async fn connect_cached(backend: Backend, config: StoreConfig) -> Store {
+        let builder =
+            RedisStore::builder(config).near_cache(tower_redis_sessions::store::NearCache::new());
+        match backend {
+            Backend::Memory => panic!("MemoryStore has no near cache"),
+            Backend::Standalone => Store::Redis(Arc::new(
+                builder
+                    .connect(&crate::common::shared_server().url())
+                    .await
+                    .unwrap(),
+            )),
+            Backend::Cluster => Store::Redis(Arc::new(
+                builder
                     .connect_cluster(crate::common::shared_cluster().urls())
                     .await
                     .unwrap(),
