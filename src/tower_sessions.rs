@@ -213,16 +213,20 @@ pub fn is_unavailable(error: &session_store::Error) -> bool {
 
 impl RedisStoreBuilder {
     /// Connects to the single Redis at `url` (as
-    /// [`connect`](RedisStoreBuilder::connect)) for tower-sessions.
+    /// [`connect`](RedisStoreBuilder::connect)) for tower-sessions. Its
+    /// calls do not go through the near cache, so none is made.
     pub async fn connect_tower_sessions(self, url: &str) -> Result<TowerSessionsStore, StoreError> {
         let config = self.store_config().clone();
-        let redis = self.connect(url).await?;
+        let redis = self
+            .near_cache(crate::store::NearCache::off())
+            .connect(url)
+            .await?;
         Ok(TowerSessionsStore::new(redis, config, false))
     }
 
     /// Connects to the Redis Cluster reachable at any of `urls` (as
     /// [`connect_cluster`](RedisStoreBuilder::connect_cluster)) for
-    /// tower-sessions.
+    /// tower-sessions, without a near cache.
     pub async fn connect_tower_sessions_cluster<I, S>(
         self,
         urls: I,
@@ -232,7 +236,10 @@ impl RedisStoreBuilder {
         S: Into<String>,
     {
         let config = self.store_config().clone();
-        let redis = self.connect_cluster(urls).await?;
+        let redis = self
+            .near_cache(crate::store::NearCache::off())
+            .connect_cluster(urls)
+            .await?;
         Ok(TowerSessionsStore::new(redis, config, true))
     }
 }

@@ -73,6 +73,59 @@ fn has_library(server: &RedisServer) -> bool {
         .contains(library_name())
 }
 
+/// What the near cache needs besides (on a single Redis), as the README says.
+const NEAR_CACHE_COMMANDS: &str = "+client|tracking +ping";
+
+/// Loads until `store` serves `token`'s session from its near cache; false
+/// if it never did within 2 s.
+async fn served_from_cache(store: &RedisStore, token: &tower_redis_sessions::store::Token) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while std::time::Instant::now() < deadline {
+        let hits = store.near_cache_stats().map_or(0, |s| s.hits);
+        assert!(store.load(token).await.unwrap().is_some());
+        if store.near_cache_stats().map_or(0, |s| s.hits) > hits {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_near_cache_works_with_its_two_rights_and_is_skipped_without_them() {
+    let server = RedisServer::start();
+    let prefix = unique_prefix("acl");
+    set_user(
+        &server,
+        "cached",
+        &format!("{} {NEAR_CACHE_COMMANDS}", acl_load(&prefix)),
+    );
+    set_user(&server, "plain", &acl_load(&prefix));
+    let cached = store(&server, "cached", &prefix, LibraryMode::Load, false)
+        .await
+        .unwrap();
+    let plain = store(&server, "plain", &prefix, LibraryMode::Load, false)
+        .await
+        .unwrap();
+    let token = plain.new_token(None).unwrap();
+    let record = tower_redis_sessions::store::Record::new(token.id(), "web", plain.now());
+    assert!(matches!(
+        plain.save(&token, &record).await.unwrap(),
+        tower_redis_sessions::store::SaveOutcome::Saved { .. }
+    ));
+    assert!(
+        served_from_cache(&cached, &token).await,
+        "the cache comes up"
+    );
+    // Refused CLIENT TRACKING: every call works, none from a cache.
+    assert!(
+        !served_from_cache(&plain, &token).await,
+        "no cache without the rights"
+    );
+    assert_eq!(plain.near_cache_stats().map(|s| s.heartbeats), Some(0));
+    round_trip(&plain, "ada").await.unwrap();
+}
+
 #[tokio::test]
 async fn load_mode_with_a_user_that_may_load_functions() {
     let server = RedisServer::start();

@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::logs::Captured;
-use common::stores::{Deployment, Tamper, open, session_key, test_keyring, unique_prefix};
+use common::stores::{Deployment, Tamper, session_key, test_keyring, unique_prefix};
 use common::{RedisServer, ServerOptions};
 use tower_redis_sessions::store::{Record, SaveOutcome, SessionStore, Token};
 use tower_redis_sessions::{RedisStore, StoreConfig};
@@ -37,7 +37,9 @@ fn index_of(s: &dyn Tamper, token: &Token) -> Option<String> {
 }
 
 async fn a_lost_index_heals_on_load_and_save(d: Deployment) {
-    let s = open(d, StoreConfig::new(test_keyring())).await;
+    // Without the near cache, so that every load reaches Redis (with it, a
+    // load heals the index when it goes to Redis: when a touch is due).
+    let s = common::stores::open_uncached(d, StoreConfig::new(test_keyring())).await;
     let s = s.as_ref();
     let user = "eve";
     let mut tokens = Vec::new();
@@ -128,12 +130,12 @@ async fn cluster_a_lost_index_heals_on_load_and_save() {
 async fn allkeys_lru_eviction_then_listing_recovers() {
     let server = RedisServer::start();
     let prefix = unique_prefix("lru");
-    let store = RedisStore::connect(
-        &server.url(),
-        StoreConfig::new(test_keyring()).prefix(&prefix),
-    )
-    .await
-    .unwrap();
+    // Without the near cache: the loads that heal must reach Redis.
+    let store = RedisStore::builder(StoreConfig::new(test_keyring()).prefix(&prefix))
+        .near_cache(tower_redis_sessions::store::NearCache::off())
+        .connect(&server.url())
+        .await
+        .unwrap();
     let user = "eve";
     let mut tokens = Vec::new();
     for _ in 0..100 {

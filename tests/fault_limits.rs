@@ -29,12 +29,15 @@ use http::{Browser, Server, keys_on, session_key};
 const LIMIT: usize = 1024;
 
 async fn store(keyring: &Keyring, prefix: &str, max_sealed: usize) -> RedisStore {
-    RedisStore::connect(
-        &shared_server().url(),
+    // Without the near cache: blobs written behind the store's back must
+    // be read from Redis at once.
+    RedisStore::builder(
         StoreConfig::new(keyring.clone())
             .prefix(prefix)
             .max_sealed_size(max_sealed),
     )
+    .near_cache(tower_redis_sessions::store::NearCache::off())
+    .connect(&shared_server().url())
     .await
     .unwrap()
 }

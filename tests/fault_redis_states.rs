@@ -20,8 +20,10 @@ fn config(prefix: &str) -> StoreConfig {
 }
 
 async fn store_on(server: &RedisServer, prefix: &str) -> RedisStore {
+    // Without the near cache: every call meets the Redis state under test.
     RedisStore::builder(config(prefix))
         .pool_size(1)
+        .near_cache(tower_redis_sessions::store::NearCache::off())
         .connect(&server.url())
         .await
         .unwrap()

@@ -129,6 +129,8 @@ async fn sleeping_redis_fails_calls_after_the_command_timeout() {
     let store = FAST
         .builder(http::config(&http::unique_prefix("sleep")))
         .pool_size(1)
+        // Every call must meet the sleeping Redis (a cached read would not).
+        .near_cache(tower_redis_sessions::store::NearCache::off())
         .connect(&server.url())
         .await
         .unwrap();
@@ -194,7 +196,12 @@ async fn saturated_store_waits_at_most_the_wait_timeout() {
     };
     let server = RedisServer::start();
     let DemoApp { store, web, .. } = demo_over(&server.url(), "busy", |c| {
-        timeouts.builder(c).pool_size(1).max_in_flight(1)
+        // Without the near cache: every load needs the place in flight.
+        timeouts
+            .builder(c)
+            .pool_size(1)
+            .max_in_flight(1)
+            .near_cache(tower_redis_sessions::store::NearCache::off())
     })
     .await;
     let log = Log::new();

@@ -40,7 +40,7 @@ impl Apps {
         let prefix = http::unique_prefix(test);
         let keyring = Keyring::new([11u8; 32]).unwrap();
         let config = || StoreConfig::new(keyring.clone()).prefix(prefix.clone());
-        // TRS_TEST_NEAR_CACHE=1 runs both with the near cache.
+        // TRS_TEST_NEAR_CACHE=0 runs both without the near cache.
         let builder = || RedisStore::builder(config()).near_cache(http::near_cache_from_env());
         let a = Arc::new(builder().connect(&proxy.url()).await.unwrap());
         let b = Arc::new(builder().connect(&redis.url()).await.unwrap());

@@ -44,6 +44,7 @@ async fn uncached(url: &str, prefix: &str) -> Arc<RedisStore> {
     Arc::new(
         RedisStore::builder(config(prefix))
             .pool_size(1)
+            .near_cache(NearCache::off())
             .connect(url)
             .await
             .unwrap(),

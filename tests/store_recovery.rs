@@ -45,7 +45,10 @@ fn flush_functions(server: &RedisServer) {
 #[tokio::test]
 async fn every_operation_recovers_from_function_flush() {
     let server = RedisServer::start();
-    let store = RedisStore::connect(&server.url(), config("rec:"))
+    // Without the near cache: every call must meet what Redis lost.
+    let store = RedisStore::builder(config("rec:"))
+        .near_cache(tower_redis_sessions::store::NearCache::off())
+        .connect(&server.url())
         .await
         .unwrap();
     let name = store.library_name().to_owned();
@@ -90,7 +93,10 @@ async fn every_operation_recovers_from_function_flush() {
 #[tokio::test]
 async fn restart_without_persistence() {
     let mut server = RedisServer::start();
-    let store = RedisStore::connect(&server.url(), config("rec:"))
+    // Without the near cache: every call must meet what Redis lost.
+    let store = RedisStore::builder(config("rec:"))
+        .near_cache(tower_redis_sessions::store::NearCache::off())
+        .connect(&server.url())
         .await
         .unwrap();
     // Open several of the store's connections before the restart.
@@ -151,7 +157,9 @@ async fn session_survives_restart_with_aof() {
 async fn cluster_recovers_from_function_flush_on_every_node() {
     let cluster = RedisCluster::start();
     let prefix = unique_prefix("crec");
+    // Without the near cache: every call must meet the flushed nodes.
     let store = RedisStore::builder(config(&prefix))
+        .near_cache(tower_redis_sessions::store::NearCache::off())
         .connect_cluster(cluster.urls())
         .await
         .unwrap();

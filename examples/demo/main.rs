@@ -38,7 +38,7 @@
 //!   layer's, 24 hours and 30 days).
 //! - `SESSION_TOUCH_MS`: the store's touch interval (default 60 s).
 //! - `SESSION_NEAR_CACHE=0|1`: the per-process near cache of sessions
-//!   (default: the crate's default, off), single Redis only;
+//!   (default: the crate's default, on; single Redis and cluster);
 //!   `SESSION_MAX_STALENESS_MS` its staleness bound (default 300).
 //! - `SESSION_MAX_PER_USER`: the most sessions one user may have (default:
 //!   the store's, 100); a login beyond it ends the user's oldest sessions.

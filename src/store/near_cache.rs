@@ -33,9 +33,15 @@
 //!   failover, a finished slot migration) or a `MOVED` reply empties the
 //!   cache, which then fills again from the new masters.
 //!
-//! It is off by default; Sentinel and pool-built stores, and stores with
-//! custom TLS certificates, run without it (see
+//! It is on by default for stores made with
+//! [`connect`](crate::RedisStoreBuilder::connect) and
+//! [`connect_cluster`](crate::RedisStoreBuilder::connect_cluster) (turn it
+//! off with [`NearCache::off`]); Sentinel and pool-built stores, and stores
+//! with custom TLS certificates, run without it (see
 //! [`RedisStoreBuilder::near_cache`](crate::RedisStoreBuilder::near_cache)).
+//! Where Redis refuses `CLIENT TRACKING` (an ACL without
+//! `+client|tracking`, a managed service that disables it) the store runs
+//! without it too, and says so once in the log.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
@@ -45,8 +51,9 @@ use std::time::{Duration, Instant};
 use crate::record::{Millis, Record};
 
 /// Settings of the near cache (see the [module docs](self) for what it
-/// promises). Off unless given to
+/// promises), given to
 /// [`RedisStoreBuilder::near_cache`](crate::RedisStoreBuilder::near_cache).
+/// The default is [`NearCache::new`]: on.
 ///
 /// ```
 /// use std::time::Duration;
@@ -66,9 +73,9 @@ pub struct NearCache {
 }
 
 impl Default for NearCache {
-    /// The same as [`NearCache::off`]: the crate's default.
+    /// The same as [`NearCache::new`]: the crate's default.
     fn default() -> Self {
-        NearCache::off()
+        NearCache::new()
     }
 }
 
@@ -94,11 +101,12 @@ impl NearCache {
         }
     }
 
-    /// No cache: every read is a Redis call (the default).
+    /// No cache: every read is a Redis call.
     ///
     /// ```
     /// use tower_redis_sessions::store::NearCache;
-    /// assert_eq!(NearCache::off(), NearCache::default());
+    /// assert!(!NearCache::off().is_enabled());
+    /// assert_eq!(NearCache::new(), NearCache::default());
     /// ```
     pub fn off() -> NearCache {
         NearCache {

@@ -20,7 +20,7 @@ use deadpool_redis::redis::aio::MultiplexedConnection;
 use deadpool_redis::redis::cluster_async::ClusterConnection;
 use deadpool_redis::redis::{Cmd, FromRedisValue, RedisError, RedisResult};
 use deadpool_redis::{PoolError, Timeouts as PoolTimeouts};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, SemaphorePermit};
 
 /// Where connections come from.
 #[derive(Clone)]
@@ -182,15 +182,7 @@ impl Connections {
         // One wait budget per call, however many things it waits for (a
         // place in flight, its slot's lease, a pooled connection).
         let waited = tokio::time::Instant::now() + self.timeouts.wait;
-        // A free place is taken without arming a timer.
-        let _permit = match self.in_flight.try_acquire() {
-            Ok(permit) => permit,
-            Err(_) => match tokio::time::timeout_at(waited, self.in_flight.acquire()).await {
-                Ok(Ok(permit)) => permit,
-                // The semaphore is never closed; treat it as saturation if it were.
-                Ok(Err(_)) | Err(_) => return Err(CallError::PoolTimeout),
-            },
-        };
+        let _permit = self.place_by(waited).await?;
         let slot = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
         let mut attempts = 0;
         loop {
@@ -217,6 +209,29 @@ impl Connections {
                     return Err(CallError::Timeout);
                 }
             }
+        }
+    }
+
+    /// A place among the `max_in_flight` calls, waiting at most the wait
+    /// timeout: calls that go over another connection (the near cache's)
+    /// take one too, so the bound holds for every call the store makes.
+    pub(crate) async fn place(&self) -> Result<SemaphorePermit<'_>, CallError> {
+        self.place_by(tokio::time::Instant::now() + self.timeouts.wait)
+            .await
+    }
+
+    async fn place_by(
+        &self,
+        waited: tokio::time::Instant,
+    ) -> Result<SemaphorePermit<'_>, CallError> {
+        // A free place is taken without arming a timer.
+        match self.in_flight.try_acquire() {
+            Ok(permit) => Ok(permit),
+            Err(_) => match tokio::time::timeout_at(waited, self.in_flight.acquire()).await {
+                Ok(Ok(permit)) => Ok(permit),
+                // The semaphore is never closed; treat it as saturation if it were.
+                Ok(Err(_)) | Err(_) => Err(CallError::PoolTimeout),
+            },
         }
     }
 

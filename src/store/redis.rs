@@ -134,7 +134,8 @@ impl RedisStore {
             tls: None,
             library: LibraryMode::Load,
             node_auth: None,
-            near: NearCache::off(),
+            near: NearCache::default(),
+            near_asked: false,
         }
     }
 
@@ -216,6 +217,9 @@ pub struct RedisStoreBuilder {
     library: LibraryMode,
     node_auth: Option<NodeAuth>,
     near: NearCache,
+    /// Whether `near_cache` was called: only then is a store that cannot
+    /// have the cache worth a log line.
+    near_asked: bool,
 }
 
 impl RedisStoreBuilder {
@@ -359,8 +363,8 @@ impl RedisStoreBuilder {
         self.build(Pool::Sentinel(pool), None).await
     }
 
-    /// Puts a near cache of opened sessions in front of the store
-    /// (default: [`NearCache::off`]). See [`store::near_cache`](crate::store::near_cache)
+    /// Sets the near cache of opened sessions in front of the store
+    /// (default: [`NearCache::new`], on; [`NearCache::off`] turns it off). See [`store::near_cache`](crate::store::near_cache)
     /// for what it promises: reads of a cached session make no Redis call,
     /// and a change made elsewhere is served for at most
     /// [`max_staleness`](NearCache::max_staleness).
@@ -386,6 +390,7 @@ impl RedisStoreBuilder {
     /// ```
     pub fn near_cache(mut self, cache: NearCache) -> Self {
         self.near = cache;
+        self.near_asked = true;
         self
     }
 
@@ -482,14 +487,14 @@ impl RedisStoreBuilder {
                         .map_err(|e| StoreError::Config(e.to_string()))?;
                 Some(tracking)
             }
-            (true, None) => {
+            (true, None) if self.near_asked => {
                 tracing::warn!(
                     "near cache asked for a store made from a pool, Sentinel or with \
                      custom TLS certificates: running without it"
                 );
                 None
             }
-            (false, _) => None,
+            (true, None) | (false, _) => None,
         };
         let near = tracking.as_ref().map(|t| t.near().clone());
         let backend = RedisBackend {
@@ -591,15 +596,22 @@ impl RedisBackend {
         cmd: Cmd,
     ) -> Result<(T, bool), StoreError> {
         if let Some(tracking) = &self.tracking {
-            match tracking.query::<T>(key, &cmd).await {
+            // The same bound on calls in flight as through the pool.
+            let place = self.conns.place().await.map_err(|e| self.store_error(e))?;
+            let sent = tracking.query::<T>(key, &cmd).await;
+            drop(place);
+            match sent {
                 Sent::Reply(Ok(value)) => return Ok((value, true)),
                 // Registered again (and sent again) through the pool.
                 Sent::Reply(Err(e)) if is_missing_function(&e) => {}
                 Sent::Reply(Err(e)) => return Err(self.store_error(CallError::Redis(e))),
-                // Silent, down or broke: every library call is safe to send
-                // again (a save is applied at most once, I6). A timeout here
-                // is at most `max_staleness`, added to the call's bound.
-                Sent::TimedOut | Sent::Elsewhere => {}
+                // No answer within the command timeout, as through the pool:
+                // the outcome is unknown, and waiting again elsewhere would
+                // double the bound.
+                Sent::TimedOut => return Err(self.store_error(CallError::Timeout)),
+                // Down, broke or redirected: every library call is safe to
+                // send again (a save is applied at most once, I6).
+                Sent::Elsewhere => {}
             }
         }
         Ok((self.fcall(cmd).await?, false))

@@ -79,12 +79,12 @@ pub fn session_key(prefix: &str, token: &str) -> String {
     format!("{prefix}{{{}}}:s:{}", &token[..8], parsed.id())
 }
 
-/// The near cache the standalone stores run with: on when
-/// `TRS_TEST_NEAR_CACHE=1` (so every suite can run with it), else the
-/// crate's default.
+/// The near cache the Redis stores run with: off when
+/// `TRS_TEST_NEAR_CACHE=0` (so every suite can run without it too), else
+/// the crate's default (on).
 pub fn near_cache_from_env() -> tower_redis_sessions::store::NearCache {
     match std::env::var("TRS_TEST_NEAR_CACHE").as_deref() {
-        Ok("1") => tower_redis_sessions::store::NearCache::new(),
+        Ok("0") => tower_redis_sessions::store::NearCache::off(),
         _ => tower_redis_sessions::store::NearCache::default(),
     }
 }

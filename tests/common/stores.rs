@@ -9,8 +9,9 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
-use tower_redis_sessions::store::{Millis, Record, SessionStore, Token};
+use tower_redis_sessions::store::{Millis, NearCache, Record, SessionStore, Token};
 use tower_redis_sessions::{Keyring, MemoryStore, RedisStore, StoreConfig, StoreStats};
 
 use super::{RedisCluster, RedisServer, Reply, shared_cluster, shared_server};
@@ -123,11 +124,27 @@ pub async fn open(deployment: Deployment, config: StoreConfig) -> Box<dyn Tamper
 }
 
 /// Opens a store of `deployment` with `config` under `prefix` (overriding
-/// the config's prefix).
+/// the config's prefix), with the crate's default near cache (on).
 pub async fn open_with(
     deployment: Deployment,
     config: StoreConfig,
     prefix: &str,
+) -> Box<dyn Tamper> {
+    open_cached(deployment, config, prefix, NearCache::default()).await
+}
+
+/// [`open`] without the near cache: for cases about what a call to Redis
+/// does (every load reaches Redis).
+pub async fn open_uncached(deployment: Deployment, config: StoreConfig) -> Box<dyn Tamper> {
+    open_cached(deployment, config, &unique_prefix("c"), NearCache::off()).await
+}
+
+/// [`open_with`] with the near cache `cache`.
+pub async fn open_cached(
+    deployment: Deployment,
+    config: StoreConfig,
+    prefix: &str,
+    cache: NearCache,
 ) -> Box<dyn Tamper> {
     let config = config.prefix(prefix);
     match deployment {
@@ -138,6 +155,7 @@ pub async fn open_with(
         Deployment::Standalone => {
             let store = RedisStore::builder(config)
                 .pool_size(2)
+                .near_cache(cache)
                 .connect(&shared_server().url())
                 .await
                 .expect("connect to the shared server");
@@ -150,6 +168,7 @@ pub async fn open_with(
         Deployment::Cluster => {
             let store = RedisStore::builder(config)
                 .pool_size(2)
+                .near_cache(cache)
                 .connect_cluster(shared_cluster().urls())
                 .await
                 .expect("connect to the shared cluster");
@@ -307,8 +326,20 @@ impl Tamper for RedisUnderTest {
         if !self.exists(token) {
             return false;
         }
+        let invalidations = self.store.near_cache_stats().map(|s| s.invalidations);
         let reply = self.cmd(&key, &[b"HSET", key.as_bytes(), b"b", blob]);
         assert_eq!(reply, Reply::Int(0), "HSET {key} b (field overwritten)");
+        // A change made behind the store's back, like another process's:
+        // its near cache may serve the old blob until the invalidation
+        // arrives, and never once the staleness bound has passed.
+        if let Some(before) = invalidations {
+            let bound = Instant::now() + NearCache::DEFAULT_MAX_STALENESS;
+            while Instant::now() < bound
+                && self.store.near_cache_stats().map(|s| s.invalidations) == Some(before)
+            {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
         true
     }
     fn exists(&self, token: &Token) -> bool {
