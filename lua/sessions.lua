@@ -112,12 +112,12 @@ Invariants
       deadlines first. A save or rotation that adds a session to an index
       holding `cap` live ones (ARGV, the store's max sessions per user,
       which the store keeps at most 1000 < WALK, so listing and revocation
-      reach every live session) ends the oldest (lowest score) others, at
-      most PRUNE_BATCH per call. So a call touches at most 1024 + 64 + 2
-      sessions and one index. A score is at most one grid step late: a
-      session dead by its true deadline still counts as live there (for
-      the cap, and is read by list and revoke, which skip it) for less
-      than a step; the cap is thus never exceeded, at worst met early.
+      reach every live session) ends the others with the earliest deadlines
+      (read from the sessions scored within GRID_MAX of the lowest scores,
+      at most WALK), at most PRUNE_BATCH per call. So a call touches at
+      most 1024 + 64 + 2 sessions and one index. A score is at most one grid step late: a
+      session dead by its true deadline still scores as live for less than
+      a step; list and revoke read and skip it, the cap ends it first.
   I6  A save (or rotation) is applied at most once: its nonce is kept with
       the version it wrote among the session's last NONCES saves (field w),
       and a repeat of it that finds the nonce writes nothing and replies
@@ -134,6 +134,8 @@ local WALK = 1024
 -- after a lost reply is recognised even if up to NONCES - 1 other saves
 -- landed between its first attempt and the retry.
 local NONCES = 8
+-- The grid of E(deadline) (see Time): idle / 32, within these bounds (ms).
+local GRID_MIN, GRID_MAX = 1000, 60000
 
 -- Numbers are passed to redis.call as they are: Redis formats a Lua number
 -- argument with 17 significant digits, so every integer up to NO_DEADLINE
@@ -166,7 +168,7 @@ end
 local function late(d, idle)
   if idle <= 0 or d >= NO_DEADLINE then return d end
   local g = math.floor(idle / 32)
-  if g < 1000 then g = 1000 elseif g > 60000 then g = 60000 end
+  if g < GRID_MIN then g = GRID_MIN elseif g > GRID_MAX then g = GRID_MAX end
   local e = math.ceil(d / g) * g
   if e < d then e = e + g end
   if e > NO_DEADLINE then e = NO_DEADLINE end
@@ -262,8 +264,14 @@ end
 
 -- The oldest live sessions to end so that `index` keeps at most `cap` live
 -- ones once `key` enters it (`leaving` is a member that leaves in the same
--- call, or nil), at most PRUNE_BATCH (I5). Their keys are read here, before
--- any write (I7); those already gone are only unindexed.
+-- call, or nil), at most PRUNE_BATCH (I5): those with the earliest true
+-- deadlines. Scores are E(deadline), up to GRID_MAX after it, so sessions
+-- sharing a step tie there and the order is decided by the deadlines in
+-- the sessions (read here, before any write, I7), among the entries
+-- scored up to GRID_MAX past the oldest ones (at most WALK). A session dead
+-- by its deadline but scored live sorts first: ending it costs no live
+-- session, so no more live ones end than the cap needs. Those already
+-- gone are only unindexed.
 local function over_cap(index, key, cap, now_arg, leaving)
   if cap <= 0 then return {} end
   local live = redis.call('ZCOUNT', index, '(' .. now_arg, '+inf')
@@ -275,14 +283,29 @@ local function over_cap(index, key, cap, now_arg, leaving)
   local out = {}
   if excess <= 0 then return out end
   if excess > PRUNE_BATCH then excess = PRUNE_BATCH end
-  local oldest = redis.call('ZRANGEBYSCORE', index, '(' .. now_arg, '+inf', 'LIMIT', 0, excess + 2)
-  for _, member in ipairs(oldest) do
-    if #out >= excess then break end
+  local oldest = redis.call('ZRANGEBYSCORE', index, '(' .. now_arg, '+inf',
+    'WITHSCORES', 'LIMIT', 0, excess + 2)
+  if #oldest == 0 then return out end
+  local upto = tonumber(oldest[#oldest]) + GRID_MAX
+  local near = redis.call('ZRANGEBYSCORE', index, '(' .. now_arg, upto, 'LIMIT', 0, WALK)
+  local candidates = {}
+  for _, member in ipairs(near) do
     if member ~= leaving and member ~= key then
-      if redis.call('EXISTS', member) == 0 then unsure(member) end
-      out[#out + 1] = member
+      local f = redis.call('HMGET', member, 's', 'i', 'a')
+      local d = 0
+      if f[1] then
+        d = deadline(tonumber(f[1]), tonumber(f[2]), tonumber(f[3]))
+      else
+        unsure(member)
+      end
+      candidates[#candidates + 1] = {member, d}
     end
   end
+  table.sort(candidates, function(p, q)
+    if p[2] ~= q[2] then return p[2] < q[2] end
+    return p[1] < q[1]
+  end)
+  for i = 1, math.min(excess, #candidates) do out[i] = candidates[i][1] end
   return out
 end
 
@@ -699,12 +722,20 @@ local function list(keys, args)
   local out = {}
   for _, row in ipairs(rows) do
     local member, f = row[1], row[2]
-    if #out < limit
-        and not expired(now, tonumber(f[3]), tonumber(f[4]), tonumber(f[5]))
-        and (kind == '' or f[6] == kind) then
-      out[#out + 1] = {member, tonumber(f[1]), f[2], tonumber(f[3])}
+    local d = deadline(tonumber(f[3]), tonumber(f[4]), tonumber(f[5]))
+    if d > now and (kind == '' or f[6] == kind) then
+      out[#out + 1] = {member, tonumber(f[1]), f[2], tonumber(f[3]), d}
     end
   end
+  -- Scores are E(deadline) (I3): sessions whose deadlines share a grid
+  -- step tie there. The reply keeps the order they expire in, ties by key
+  -- name as the index orders them; at most WALK rows to sort (I5).
+  table.sort(out, function(p, q)
+    if p[5] ~= q[5] then return p[5] < q[5] end
+    return p[1] < q[1]
+  end)
+  for i = #out, limit + 1, -1 do out[i] = nil end
+  for _, row in ipairs(out) do row[5] = nil end
   prune(index, dead)
   prune(index, vanished)
   refresh_index_expiry(index)
