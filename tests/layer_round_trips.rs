@@ -238,7 +238,10 @@ async fn sliding_expiry_rides_on_the_load() {
     // The deadline in Redis moved forward; the key's expiry follows it on
     // the grid (E(deadline), lua/sessions.lua): never before it.
     let (seen, idle, absolute) = (field("s"), field("i"), field("a"));
-    assert!(seen >= seen_before + 50, "last seen {seen_before} -> {seen}");
+    assert!(
+        seen >= seen_before + 50,
+        "last seen {seen_before} -> {seen}"
+    );
     let deadline = match absolute {
         0 => seen + idle,
         a => a.min(seen + idle),

@@ -1432,7 +1432,10 @@ async fn a_dead_session_held_on_the_grid_is_refused(d: Deployment) {
         assert!(s.exists(&twin), "Redis still holds the key");
     }
     assert_eq!(
-        s.store().revoke_all("rosa", Some("web"), None).await.unwrap(),
+        s.store()
+            .revoke_all("rosa", Some("web"), None)
+            .await
+            .unwrap(),
         0,
         "a dead session is no session to revoke"
     );
@@ -1466,7 +1469,8 @@ async fn a_foreign_expiry_write_is_never_trusted(d: Deployment) {
         let args: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
         s.raw(&key, &args).unwrap();
         let at = expiry.to_string();
-        s.raw(&key, &[b"PEXPIREAT", key.as_bytes(), at.as_bytes()]).unwrap();
+        s.raw(&key, &[b"PEXPIREAT", key.as_bytes(), at.as_bytes()])
+            .unwrap();
     };
 
     // The old library's touch at t0 + 100: s moves, exact expiry.

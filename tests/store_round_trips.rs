@@ -351,7 +351,12 @@ async fn a_save_within_one_grid_step_skips_the_expiry_and_index_upkeep() {
         let (saved, cost) = probe
             .one_round_trip("save (same step)", store.save(&token, &r))
             .await;
-        assert_eq!(saved.unwrap(), SaveOutcome::Saved { version: r.version + 1 });
+        assert_eq!(
+            saved.unwrap(),
+            SaveOutcome::Saved {
+                version: r.version + 1
+            }
+        );
         for command in ["hmget", "zscore", "hset"] {
             assert_eq!(cost.stats.get(command), 1, "{command}: {:?}", cost.stats);
         }

@@ -92,7 +92,10 @@ pub fn grid_expiry(deadline: u64, idle: u64) -> u64 {
         return deadline;
     }
     let step = (idle / 32).clamp(1_000, 60_000);
-    deadline.div_ceil(step).saturating_mul(step).min(NO_DEADLINE)
+    deadline
+        .div_ceil(step)
+        .saturating_mul(step)
+        .min(NO_DEADLINE)
 }
 
 /// The Redis key of `token`'s session under `prefix`:
