@@ -25,9 +25,12 @@ Keys (P = the deployment's key prefix, T = the token's routing tag)
                     w  the last NONCES saves applied to this session, newest
                        first: " <nonce>:<version written>" each (about 40
                        bytes apiece, so at most ~320 bytes)
-                  Key expiry (PEXPIREAT) = deadline(s, i, a), see below.
+                    e  "<v>:<s>:<E>": the key expiry E this library set
+                       while the session had this v and s (see `mark`), so
+                       a save or touch that would set the same E skips it
+                  Key expiry (PEXPIREAT) = E(deadline(s, i, a)), see below.
   P{T}:u:<uid>    sorted set, a user's index: member = session key name,
-                  score = that session's deadline (NO_DEADLINE if none).
+                  score = E(that session's deadline) (NO_DEADLINE if none).
                   Its own expiry is at least the highest score (I4), so an
                   index outlives every session in it and then disappears by
                   itself.
@@ -67,6 +70,12 @@ Time
   stores them; Redis gets absolute PEXPIREAT times and drops keys by itself,
   and every function also refuses a session whose deadline has passed by
   `now`, so a Redis clock running behind never keeps a session alive.
+  E(d) (`late`) is the deadline d rounded up to a grid step of idle / 32,
+  clamped to 1 s .. 1 min, for sessions with an idle timeout (d itself
+  otherwise): Redis' own bookkeeping (key expiry, index score) then moves
+  once per step instead of on every save and touch. E(d) >= d, so a key
+  outlives its session by less than a step; that is safe for the same
+  reason a Redis clock running behind is.
 
 Memory (maxmemory)
   Functions are registered with flags: save and rotate (which store blobs)
@@ -80,28 +89,35 @@ Invariants
       holds its key.
   I2  A save with version n > 0 writes only if the stored version is n; a
       missing (deleted, revoked, expired) session is never written again.
-  I3  Index scores equal their sessions' current deadlines; every write of a
-      deadline (save, sliding in load) writes the score in the same call
-      (and skips it when the score is already that deadline). A live
-      session missing from its index (evicted by a maxmemory policy, or the
-      index lost) enters it again when it is loaded or saved.
+  I3  Index scores, and session keys' expiries, equal E(their sessions'
+      current deadlines); every write of a deadline (save, rotate, sliding
+      in load) writes the score and the expiry in the same call, and skips
+      the score when it is already that E, the expiry when field `e` shows
+      this library set that E for the stored v and s. A live session
+      missing from its index (evicted by a maxmemory policy, or the index
+      lost) enters it again when it is loaded or saved. Both are >= the
+      true deadline, so neither ends a live session early; the true
+      deadline (s, i, a) decides whether a session lives (I5).
   I4  An index's expiry is at least its highest score. A score that grows
       moves the expiry with PEXPIREAT .. GT (only ever forward); an index
       the ZADD just created (no expiry yet) gets its expiry from its top
       score; NO_DEADLINE makes it persistent. Removing members never raises
       the highest score, so it needs no upkeep (delete, list and revoke
       still trim the expiry to the top score).
-  I5  Work per call is bounded. An index entry whose score (= deadline, I3)
-      has passed is dead: pruning removes such entries (never the session
+  I5  Work per call is bounded. An index entry whose score (= E(deadline),
+      I3) has passed is dead: pruning removes such entries (never the session
       keys, which Redis expires by itself), at most PRUNE_BATCH (64) per
       call, when a member is added and when the index is listed or revoked.
       list and revoke read at most WALK (1024) live entries, the earliest
       deadlines first. A save or rotation that adds a session to an index
       holding `cap` live ones (ARGV, the store's max sessions per user,
       which the store keeps at most 1000 < WALK, so listing and revocation
-      reach every live session) ends the oldest (lowest score) others, at
-      most PRUNE_BATCH per call. So a call touches at most 1024 + 64 + 2
-      sessions and one index.
+      reach every live session) ends the others with the earliest deadlines
+      (read from the sessions scored within GRID_MAX of the lowest scores,
+      at most WALK), at most PRUNE_BATCH per call. So a call touches at
+      most 1024 + 64 + 2 sessions and one index. A score is at most one grid step late: a
+      session dead by its true deadline still scores as live for less than
+      a step; list and revoke read and skip it, the cap ends it first.
   I6  A save (or rotation) is applied at most once: its nonce is kept with
       the version it wrote among the session's last NONCES saves (field w),
       and a repeat of it that finds the nonce writes nothing and replies
@@ -118,6 +134,8 @@ local WALK = 1024
 -- after a lost reply is recognised even if up to NONCES - 1 other saves
 -- landed between its first attempt and the retry.
 local NONCES = 8
+-- The grid of E(deadline) (see Time): idle / 32, within these bounds (ms).
+local GRID_MIN, GRID_MAX = 1000, 60000
 
 -- Numbers are passed to redis.call as they are: Redis formats a Lua number
 -- argument with 17 significant digits, so every integer up to NO_DEADLINE
@@ -134,6 +152,38 @@ end
 
 local function expired(now, seen, idle, absolute)
   return deadline(seen, idle, absolute) <= now
+end
+
+-- E(d): where Redis' own bookkeeping puts a session with deadline `d` and
+-- idle timeout `idle` (its key's expiry and its index score, I3). A sliding
+-- deadline moves with every save and every touch; rounded up to a grid of
+-- idle / 32 (at least 1 s, at most 1 min) it stays put for many of them, so
+-- those calls leave the key's expiry and the index alone. Safe because
+-- E(d) >= d (the key outlives its session, at most one step) and every
+-- function refuses a session whose true deadline (s, i, a) has passed
+-- (I5): a late expiry or score only delays when Redis reclaims the memory.
+-- Deadlines that do not slide (no idle timeout, or "never") stay exact.
+-- ceil(d / g) * g is exact for every deadline before year 10000; the check
+-- after it keeps E(d) >= d even where a double could not be.
+local function late(d, idle)
+  if idle <= 0 or d >= NO_DEADLINE then return d end
+  local g = math.floor(idle / 32)
+  if g < GRID_MIN then g = GRID_MIN elseif g > GRID_MAX then g = GRID_MAX end
+  local e = math.ceil(d / g) * g
+  if e < d then e = e + g end
+  if e > NO_DEADLINE then e = NO_DEADLINE end
+  return e
+end
+
+-- Field `e`: "<v>:<s>:<E>", the expiry E this library gave the key when the
+-- session had version v and last seen s (the stored strings). Another
+-- writer of the expiry (a previous version of the library during a rolling
+-- upgrade, which knows nothing of `e` and writes exact deadlines) also
+-- changes v (a save) or s (a touch), so `e` then no longer matches and the
+-- expiry is written again: a PEXPIREAT is skipped only when `e` proves the
+-- key already expires at the E it would set.
+local function mark(v, s, at)
+  return v .. ':' .. s .. ':' .. string.format('%d', at)
 end
 
 -- The slot of `key` if this node is importing or migrating it: then a key
@@ -200,7 +250,7 @@ local function extend_index(index, d)
   end
 end
 
--- The dead entries of an index (score = deadline passed by `now`, I3), at
+-- The dead entries of an index (score = E(deadline) passed by `now`, I3), at
 -- most PRUNE_BATCH: read before the call writes anything, removed by
 -- `prune` after. Their session keys are left to Redis' expiry; every
 -- function refuses a session dead by `now` meanwhile (I5).
@@ -214,8 +264,14 @@ end
 
 -- The oldest live sessions to end so that `index` keeps at most `cap` live
 -- ones once `key` enters it (`leaving` is a member that leaves in the same
--- call, or nil), at most PRUNE_BATCH (I5). Their keys are read here, before
--- any write (I7); those already gone are only unindexed.
+-- call, or nil), at most PRUNE_BATCH (I5): those with the earliest true
+-- deadlines. Scores are E(deadline), up to GRID_MAX after it, so sessions
+-- sharing a step tie there and the order is decided by the deadlines in
+-- the sessions (read here, before any write, I7), among the entries
+-- scored up to GRID_MAX past the oldest ones (at most WALK). A session dead
+-- by its deadline but scored live sorts first: ending it costs no live
+-- session, so no more live ones end than the cap needs. Those already
+-- gone are only unindexed.
 local function over_cap(index, key, cap, now_arg, leaving)
   if cap <= 0 then return {} end
   local live = redis.call('ZCOUNT', index, '(' .. now_arg, '+inf')
@@ -227,14 +283,29 @@ local function over_cap(index, key, cap, now_arg, leaving)
   local out = {}
   if excess <= 0 then return out end
   if excess > PRUNE_BATCH then excess = PRUNE_BATCH end
-  local oldest = redis.call('ZRANGEBYSCORE', index, '(' .. now_arg, '+inf', 'LIMIT', 0, excess + 2)
-  for _, member in ipairs(oldest) do
-    if #out >= excess then break end
+  local oldest = redis.call('ZRANGEBYSCORE', index, '(' .. now_arg, '+inf',
+    'WITHSCORES', 'LIMIT', 0, excess + 2)
+  if #oldest == 0 then return out end
+  local upto = tonumber(oldest[#oldest]) + GRID_MAX
+  local near = redis.call('ZRANGEBYSCORE', index, '(' .. now_arg, upto, 'LIMIT', 0, WALK)
+  local candidates = {}
+  for _, member in ipairs(near) do
     if member ~= leaving and member ~= key then
-      if redis.call('EXISTS', member) == 0 then unsure(member) end
-      out[#out + 1] = member
+      local f = redis.call('HMGET', member, 's', 'i', 'a')
+      local d = 0
+      if f[1] then
+        d = deadline(tonumber(f[1]), tonumber(f[2]), tonumber(f[3]))
+      else
+        unsure(member)
+      end
+      candidates[#candidates + 1] = {member, d}
     end
   end
+  table.sort(candidates, function(p, q)
+    if p[2] ~= q[2] then return p[2] < q[2] end
+    return p[1] < q[1]
+  end)
+  for i = 1, math.min(excess, #candidates) do out[i] = candidates[i][1] end
   return out
 end
 
@@ -282,11 +353,11 @@ local function conflict(key, version, seen)
   return {'conflict', version, redis.call('HGET', key, 'b'), tonumber(seen)}
 end
 
--- The fields save, rotate and retire read: {v, s, i, a, x, w}, without the
+-- The fields save and rotate read: {v, s, i, a, x, w, e}, without the
 -- blob. Returns them, the version (nil if there is no live session) and
 -- the stored deadline. Nothing is written here (I7).
 local function read_live(key, now)
-  local f = redis.call('HMGET', key, 'v', 's', 'i', 'a', 'x', 'w')
+  local f = redis.call('HMGET', key, 'v', 's', 'i', 'a', 'x', 'w', 'e')
   if not f[1] then return f, nil, nil end
   local d = deadline(tonumber(f[2]), tonumber(f[3]), tonumber(f[4]))
   if d <= now then return f, nil, d end
@@ -324,13 +395,16 @@ end
 
 -- Writes version `version` of a session under `key` from the ARGV of save
 -- and rotate (blob, now, idle, absolute, kind, nonce after the expected
--- version), expiring at `d`; `w` is what the session remembered of earlier
--- saves (nil for a new session). The index entry is the caller's.
-local function write(key, index, version, args, idle, absolute, d, w)
+-- version), its key expiring at `at` = E(deadline); `f` is what read_live
+-- read of the live session this replaces (nil for a new session): its
+-- remembered saves (I6) and whether its expiry is already `at` (field e).
+-- The index entry is the caller's.
+local function write(key, index, version, args, idle, absolute, at, f)
   redis.call('HSET', key,
     'v', version, 'b', args[2], 's', args[3], 'i', idle, 'a', absolute,
-    'k', args[6], 'x', index, 'w', remember(w, args[7], version))
-  set_expiry(key, d)
+    'k', args[6], 'x', index, 'w', remember(f and f[6], args[7], version),
+    'e', mark(version, args[3], at))
+  if not (f and f[7] == mark(f[1], f[2], at)) then set_expiry(key, at) end
 end
 
 --[[ load
@@ -348,15 +422,18 @@ slide waits for a later load.
 ]]
 local function load(keys, args)
   local key = keys[1]
-  local f = redis.call('HMGET', key, 'v', 'b', 's', 'i', 'a', 'x')
+  local f = redis.call('HMGET', key, 'v', 'b', 's', 'i', 'a', 'x', 'e')
   if not f[1] then return nil end
   local now = tonumber(args[1])
   local seen, idle, absolute = tonumber(f[3]), tonumber(f[4]), tonumber(f[5])
   local d = deadline(seen, idle, absolute)
   if d <= now then return nil end
   local index = f[6]
+  -- Whether the key expires at E(moved) already: `e` as a touch to `moved`
+  -- would find it (see mark), computed before the reply takes over f.
+  local v, s, e = f[1], f[3], f[7]
   -- The reply: {version, blob, last seen}; it ends at the first nil.
-  f[1], f[3], f[4], f[6] = tonumber(f[1]), seen, nil, nil
+  f[1], f[3], f[4], f[6], f[7] = tonumber(f[1]), seen, nil, nil, nil
 
   local due = false
   if idle > 0 then
@@ -365,8 +442,9 @@ local function load(keys, args)
     if touch < every then every = touch end
     due = now - seen >= every
   end
-  local moved = d
-  if due then moved = deadline(now, idle, absolute) end
+  -- The key's expiry and the index score sit at E(deadline) (I3).
+  local moved = late(d, idle)
+  if due then moved = late(deadline(now, idle, absolute), idle) end
 
   local score = nil
   if index and index ~= '' then
@@ -383,11 +461,11 @@ local function load(keys, args)
   end
 
   if due then
-    redis.call('HSET', key, 's', args[1])
+    redis.call('HSET', key, 's', args[1], 'e', mark(v, args[1], moved))
     f[3] = now
-    -- Capped by the absolute deadline, the deadline may stay where it is:
-    -- then so do the key's expiry and the index score.
-    if moved ~= d then set_expiry(key, moved) end
+    -- Within the same grid step (or capped by the absolute deadline) the
+    -- key's expiry stays where this library put it, if `e` shows it did.
+    if e ~= mark(v, s, moved) then set_expiry(key, moved) end
     -- The caller's near cache learns that this load wrote, and (by this
     -- read after the writes) Redis keeps tracking the key for it.
     f[4], f[5] = 1, nil
@@ -457,6 +535,9 @@ local function save(keys, args)
     return {'gone'}
   end
 
+  -- Where the key's expiry and the index score go (I3): on the grid, so a
+  -- save whose deadline stays in the same step leaves both alone.
+  local at = late(d, idle)
   local score, dead, doomed = false, {}, {}
   if index ~= '' then
     -- Declared: Redis' own cluster checks cover it, no need for `entry`.
@@ -466,7 +547,7 @@ local function save(keys, args)
       score = redis.call('ZSCORE', index, key)
       if score then score = tonumber(score) end
     end
-    if score ~= d then dead = dead_entries(index, now) end
+    if score ~= at then dead = dead_entries(index, now) end
     if not score or score <= now then
       doomed = over_cap(index, key, tonumber(args[8] or 0), args[3], nil)
     end
@@ -474,10 +555,12 @@ local function save(keys, args)
 
   -- Writes.
   local version = expected + 1
-  write(key, index, version, args, idle_arg, absolute_arg, d, stored and f[6])
+  write(key, index, version, args, idle_arg, absolute_arg, at, stored and f)
   end_sessions(index, doomed)
-  -- An unchanged deadline in the same index: the score is already d (I3).
-  if index ~= '' and score ~= d then index_put(index, key, d, dead) end
+  -- The score is already E(deadline) (I3): the entry, the index's expiry
+  -- (I4) and its pruning (I5: it prunes when a member is added or moved)
+  -- need nothing.
+  if index ~= '' and score ~= at then index_put(index, key, at, dead) end
   if owner ~= '' and owner ~= index then
     -- The session changed owner: leave the old owner's index.
     if owned then
@@ -539,9 +622,10 @@ local function rotate(keys, args)
   -- Writes.
   drop(old, owner)
   local version = expected + 1
-  write(key, index, version, args, idle_arg, absolute_arg, d, nil)
+  local at = late(d, idle)
+  write(key, index, version, args, idle_arg, absolute_arg, at, nil)
   end_sessions(index, doomed)
-  if index ~= '' then index_put(index, key, d, dead) end
+  if index ~= '' then index_put(index, key, at, dead) end
   -- Read after the writes, for a caller tracking keys (its near cache:
   -- ARGV[9] = 1), which so keeps tracking this one. The sessions it ended
   -- besides its own, for callers that cache them.
@@ -638,12 +722,20 @@ local function list(keys, args)
   local out = {}
   for _, row in ipairs(rows) do
     local member, f = row[1], row[2]
-    if #out < limit
-        and not expired(now, tonumber(f[3]), tonumber(f[4]), tonumber(f[5]))
-        and (kind == '' or f[6] == kind) then
-      out[#out + 1] = {member, tonumber(f[1]), f[2], tonumber(f[3])}
+    local d = deadline(tonumber(f[3]), tonumber(f[4]), tonumber(f[5]))
+    if d > now and (kind == '' or f[6] == kind) then
+      out[#out + 1] = {member, tonumber(f[1]), f[2], tonumber(f[3]), d}
     end
   end
+  -- Scores are E(deadline) (I3): sessions whose deadlines share a grid
+  -- step tie there. The reply keeps the order they expire in, ties by key
+  -- name as the index orders them; at most WALK rows to sort (I5).
+  table.sort(out, function(p, q)
+    if p[5] ~= q[5] then return p[5] < q[5] end
+    return p[1] < q[1]
+  end)
+  for i = #out, limit + 1, -1 do out[i] = nil end
+  for _, row in ipairs(out) do row[5] = nil end
   prune(index, dead)
   prune(index, vanished)
   refresh_index_expiry(index)

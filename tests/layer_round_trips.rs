@@ -229,16 +229,29 @@ async fn sliding_expiry_rides_on_the_load() {
     let pttl = || server.cmd(&["PTTL", &key]).parse::<i64>().unwrap();
     let ttl_before = pttl();
     assert!(ttl_before > 0);
+    let field = |f: &str| server.cmd(&["HGET", &key, f]).parse::<u64>().unwrap();
+    let seen_before = field("s");
     tokio::time::sleep(Duration::from_millis(50)).await;
 
-    let ttl_mid = pttl();
     let (r, d) = measure(stats, a.get("/api/session")).await;
     assert_round_trips(&d, 1, "GET /api/session with sliding expiry due");
     let c = session_cookie(&r, "session").expect("the extended deadline is sent");
     assert_eq!(c.value(), a.token().unwrap(), "same token");
     assert!(c.max_age().unwrap().whole_seconds() > 86_000);
-    // The deadline in Redis moved forward.
-    assert!(pttl() > ttl_mid, "PTTL {} -> {}", ttl_mid, pttl());
+    // The deadline in Redis moved forward; the key's expiry follows it on
+    // the grid (E(deadline), lua/sessions.lua): never before it.
+    let (seen, idle, absolute) = (field("s"), field("i"), field("a"));
+    assert!(
+        seen >= seen_before + 50,
+        "last seen {seen_before} -> {seen}"
+    );
+    let deadline = match absolute {
+        0 => seen + idle,
+        a => a.min(seen + idle),
+    };
+    let expiry = server.cmd(&["PEXPIRETIME", &key]).parse::<u64>().unwrap();
+    assert_eq!(expiry, common::stores::grid_expiry(deadline, idle));
+    assert!(expiry >= deadline);
     eprintln!(
         "[round trips] read with sliding expiry due: {} FCALL ({:?})",
         d.get("fcall"),

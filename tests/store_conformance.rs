@@ -15,7 +15,8 @@ use std::time::Duration;
 
 use ciborium::Value;
 use common::stores::{
-    Deployment, ManualClock, Tamper, carry, eventually, open, open_with, session_key, test_keyring,
+    Deployment, ManualClock, Tamper, carry, eventually, grid_expiry, open, open_with, session_key,
+    test_keyring,
 };
 use tower_redis_sessions::store::{Millis, Record, RetireOutcome, SaveOutcome, Token};
 use tower_redis_sessions::{Keyring, SessionId, StoreConfig, StoreError};
@@ -80,6 +81,8 @@ conformance!(
     retire_of_a_changed_session_returns_it,
     retire_finds_deleted_and_expired_sessions_gone,
     a_dead_session_created_again_is_listed,
+    a_dead_session_held_on_the_grid_is_refused,
+    a_foreign_expiry_write_is_never_trusted,
 );
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -598,14 +601,20 @@ async fn deadlines_follow_the_application_clock(d: Deployment) {
     };
     assert_eq!(load(s, &a).await.unwrap().deadline(), Some(t0 + 20_000));
     assert_eq!(load(s, &b).await.unwrap().deadline(), Some(t0 + 30_000));
+    // Redis' expiries sit on the grid of each idle timeout (E(deadline) in
+    // lua/sessions.lua): never before the deadline, less than a step after.
+    let a_at = |d: u64| grid_expiry(d, 20_000);
+    let b_at = |d: u64| grid_expiry(d, 3_600_000);
+    assert!(a_at(t0 + 20_000) >= t0 + 20_000 && a_at(t0 + 20_000) < t0 + 21_000);
     if s.deployment() != Deployment::Memory {
-        assert_eq!(s.expire_time(&a), Some((t0 + 20_000) as i64));
-        assert_eq!(s.expire_time(&b), Some((t0 + 30_000) as i64));
+        assert_eq!(s.expire_time(&a), Some(a_at(t0 + 20_000) as i64));
+        assert_eq!(s.expire_time(&b), Some(b_at(t0 + 30_000) as i64));
         // The index lives as long as its longest-lived session.
         let index = index_keys(s, &a).unwrap();
         assert_eq!(index.len(), 1);
         let ttl = s.raw(&index[0], &[b"PEXPIRETIME", index[0].as_bytes()]);
-        assert_eq!(ttl.and_then(|r| r.as_int()), Some((t0 + 30_000) as i64));
+        let top = a_at(t0 + 20_000).max(b_at(t0 + 30_000));
+        assert_eq!(ttl.and_then(|r| r.as_int()), Some(top as i64));
     }
 
     // At t0 + 19.999 s `a` is alive and its load slides it to t0 + 39.999 s.
@@ -621,8 +630,8 @@ async fn deadlines_follow_the_application_clock(d: Deployment) {
         .expect("alive before its absolute deadline");
     assert_eq!(b_loaded.deadline(), Some(t0 + 30_000));
     if s.deployment() != Deployment::Memory {
-        assert_eq!(s.expire_time(&a), Some((t0 + 39_999) as i64));
-        assert_eq!(s.expire_time(&b), Some((t0 + 30_000) as i64));
+        assert_eq!(s.expire_time(&a), Some(a_at(t0 + 39_999) as i64));
+        assert_eq!(s.expire_time(&b), Some(b_at(t0 + 30_000) as i64));
     }
 
     // At the absolute deadline `b` ends, whatever its activity.
@@ -696,9 +705,10 @@ async fn sliding_expiry_happens_in_load(d: Deployment) {
         let reply = s.raw(index, &[b"ZSCORE", index.as_bytes(), key.as_bytes()])?;
         Some(reply.as_str()?.parse::<u64>().unwrap())
     };
+    let at = |d: u64| grid_expiry(d, 60_000);
     if redis {
-        assert_eq!(s.expire_time(&token), Some((t0 + 60_000) as i64));
-        assert_eq!(score(), Some(t0 + 60_000));
+        assert_eq!(s.expire_time(&token), Some(at(t0 + 60_000) as i64));
+        assert_eq!(score(), Some(at(t0 + 60_000)));
     }
 
     // Within the touch interval: nothing moves.
@@ -707,7 +717,7 @@ async fn sliding_expiry_happens_in_load(d: Deployment) {
         assert_eq!(load(s, t).await.unwrap().last_seen, t0);
     }
     if redis {
-        assert_eq!(s.expire_time(&token), Some((t0 + 60_000) as i64));
+        assert_eq!(s.expire_time(&token), Some(at(t0 + 60_000) as i64));
     }
 
     // Past it: the load itself moves last seen, the key's expiry and the
@@ -720,9 +730,9 @@ async fn sliding_expiry_happens_in_load(d: Deployment) {
         assert_eq!(loaded.version, 1, "sliding is not a save");
     }
     if redis {
-        assert_eq!(s.expire_time(&token), Some((t0 + 60_500) as i64));
-        assert_eq!(s.expire_time(&anon), Some((t0 + 60_500) as i64));
-        assert_eq!(score(), Some(t0 + 60_500));
+        assert_eq!(s.expire_time(&token), Some(at(t0 + 60_500) as i64));
+        assert_eq!(s.expire_time(&anon), Some(at(t0 + 60_500) as i64));
+        assert_eq!(score(), Some(at(t0 + 60_500)));
     }
     // What the next load (and the listing) sees is the moved time.
     clock.set(t0 + 550);
@@ -756,7 +766,10 @@ async fn sliding_expiry_is_throttled(d: Deployment) {
         let loaded = load(s, &token).await.unwrap();
         assert_eq!(loaded.last_seen, t0, "no touch within the interval");
         if s.deployment() != Deployment::Memory {
-            assert_eq!(s.expire_time(&token), Some((t0 + 60_000) as i64));
+            assert_eq!(
+                s.expire_time(&token),
+                Some(grid_expiry(t0 + 60_000, 60_000) as i64)
+            );
         }
     }
     clock.set(t0 + 10_000);
@@ -764,7 +777,10 @@ async fn sliding_expiry_is_throttled(d: Deployment) {
     clock.set(t0 + 15_000);
     assert_eq!(load(s, &token).await.unwrap().last_seen, t0 + 10_000);
     if s.deployment() != Deployment::Memory {
-        assert_eq!(s.expire_time(&token), Some((t0 + 70_000) as i64));
+        assert_eq!(
+            s.expire_time(&token),
+            Some(grid_expiry(t0 + 70_000, 60_000) as i64)
+        );
     }
     // A touch never rewrites the sealed record.
     assert_eq!(s.blob(&token), blob);
@@ -1365,4 +1381,131 @@ async fn a_dead_session_created_again_is_listed(d: Deployment) {
         vec![token.id()]
     );
     assert_eq!(s.store().revoke_all("zoe", None, None).await.unwrap(), 1);
+}
+
+/// A clock time `t0` such that a session created then with a one-minute
+/// idle timeout has its deadline just past a grid line (step 1.875 s): its
+/// key expiry then lies almost a whole step after the deadline.
+fn just_past_a_grid_line(clock: &ManualClock) -> Millis {
+    let idle = MINUTE.as_millis() as u64;
+    let step = 1_875;
+    (clock.get() + idle).div_ceil(step) * step + 1 - idle
+}
+
+/// Redis keeps a key until E(deadline), up to a grid step after the
+/// deadline; in between, the session is dead all the same: load, save,
+/// listing and revocation refuse it (I5).
+async fn a_dead_session_held_on_the_grid_is_refused(d: Deployment) {
+    let clock = ManualClock::now_real();
+    clock.set(just_past_a_grid_line(&clock));
+    let s = open(d, clock.install(config())).await;
+    let s = s.as_ref();
+    let t0 = clock.get();
+    let (token, r) = create(s, Some("rosa"), "web", Some(MINUTE)).await;
+    let (twin, _) = create(s, Some("rosa"), "web", Some(MINUTE)).await;
+    let (other, _) = create(s, Some("rosa"), "api", None).await;
+    let deadline = t0 + 60_000;
+    let held = grid_expiry(deadline, 60_000);
+    assert_eq!(held, deadline + 1_874);
+    if s.deployment() != Deployment::Memory {
+        assert_eq!(s.expire_time(&token), Some(held as i64));
+    }
+
+    // Dead from its deadline on, key or no key.
+    clock.set(deadline);
+    if s.deployment() != Deployment::Memory {
+        assert!(s.exists(&token), "Redis still holds the key");
+        assert!(s.exists(&twin), "Redis still holds the key");
+    }
+    assert_eq!(load(s, &token).await, None);
+    assert_eq!(
+        ids(&s.store().list("rosa", None).await.unwrap()),
+        vec![other.id()]
+    );
+    // Half a step on (still before the key's expiry): a save is gone and
+    // writes nothing back (I2).
+    clock.set(deadline + 900);
+    assert_eq!(s.store().save(&token, &r).await.unwrap(), SaveOutcome::Gone);
+    assert!(!s.exists(&token), "the dead session is not written back");
+    assert_eq!(load(s, &token).await, None);
+    if s.deployment() != Deployment::Memory {
+        assert!(s.exists(&twin), "Redis still holds the key");
+    }
+    assert_eq!(
+        s.store()
+            .revoke_all("rosa", Some("web"), None)
+            .await
+            .unwrap(),
+        0,
+        "a dead session is no session to revoke"
+    );
+    assert_eq!(load(s, &twin).await, None);
+}
+
+/// A rolling upgrade: the previous library version (no field `e`, exact
+/// expiries) writes a session between two calls of this one. Its writes
+/// change `v` (a save) or `s` (a touch), so this library never trusts the
+/// expiry it recorded and writes the key's expiry again: the key never
+/// expires before the session's true deadline.
+async fn a_foreign_expiry_write_is_never_trusted(d: Deployment) {
+    if d == Deployment::Memory {
+        return;
+    }
+    let clock = ManualClock::now_real();
+    clock.set(just_past_a_grid_line(&clock));
+    let s = open(d, clock.install(config()).touch_interval(Duration::ZERO)).await;
+    let s = s.as_ref();
+    let t0 = clock.get();
+    let at = |d: u64| grid_expiry(d, 60_000);
+    let (token, r) = create(s, Some("sven"), "web", Some(MINUTE)).await;
+    let key = session_key(s.prefix(), &token);
+    assert_eq!(s.expire_time(&token), Some(at(t0 + 60_000) as i64));
+    let foreign = |fields: &[(&str, String)], expiry: u64| {
+        let mut args: Vec<Vec<u8>> = vec![b"HSET".to_vec(), key.clone().into_bytes()];
+        for (f, v) in fields {
+            args.push(f.as_bytes().to_vec());
+            args.push(v.clone().into_bytes());
+        }
+        let args: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
+        s.raw(&key, &args).unwrap();
+        let at = expiry.to_string();
+        s.raw(&key, &[b"PEXPIREAT", key.as_bytes(), at.as_bytes()])
+            .unwrap();
+    };
+
+    // The old library's touch at t0 + 100: s moves, exact expiry.
+    foreign(&[("s", (t0 + 100).to_string())], t0 + 60_100);
+    // This library's touch at t0 + 1000 stays in the grid step it recorded
+    // in `e`, but `e` was recorded for another s: the expiry is written.
+    clock.set(t0 + 1_000);
+    let loaded = load(s, &token).await.unwrap();
+    assert_eq!(loaded.last_seen, t0 + 1_000);
+    assert_eq!(at(t0 + 61_000), at(t0 + 60_000), "same step");
+    assert_eq!(s.expire_time(&token), Some(at(t0 + 61_000) as i64));
+
+    // The old library's save at t0 + 1100: v moves, exact expiry.
+    foreign(
+        &[("v", "2".to_owned()), ("s", (t0 + 1_100).to_string())],
+        t0 + 61_100,
+    );
+    // This library's save at t0 + 1500, same step again: written.
+    clock.set(t0 + 1_500);
+    let mut next = r.clone();
+    next.version = 2;
+    assert_eq!(
+        s.store().save(&token, &next).await.unwrap(),
+        SaveOutcome::Saved { version: 3 }
+    );
+    let expiry = s.expire_time(&token).unwrap() as u64;
+    assert!(expiry >= t0 + 61_500, "expiry {expiry} before the deadline");
+    assert_eq!(expiry, at(t0 + 61_500));
+
+    // And this library's own next save in the step trusts its record.
+    clock.set(t0 + 1_600);
+    next.version = 3;
+    assert_eq!(
+        s.store().save(&token, &next).await.unwrap(),
+        SaveOutcome::Saved { version: 4 }
+    );
+    assert_eq!(s.expire_time(&token), Some(at(t0 + 61_600) as i64));
 }

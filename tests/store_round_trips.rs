@@ -318,3 +318,84 @@ async fn cluster_one_round_trip_per_operation() {
     let mut probe = Probe::new("cluster", cluster.nodes().iter().collect());
     every_operation_is_one_round_trip(&mut probe, &store, &clock, &warm_up).await;
 }
+
+/// A logged-in user's steady-state save (sliding idle timeout, so the
+/// deadline moves with every save): while the deadline stays within one
+/// grid step (idle / 32, here 18.75 s) the save leaves the key's expiry and
+/// the index alone; the save that crosses a step moves both.
+#[tokio::test]
+async fn a_save_within_one_grid_step_skips_the_expiry_and_index_upkeep() {
+    let server = RedisServer::start();
+    let clock = ManualClock::now_real();
+    let store = RedisStore::connect(&server.url(), config("grid:", &clock))
+        .await
+        .unwrap();
+    let idle = 600_000; // record(): 600 s
+    let step = 18_750;
+    // The first deadline just past a grid line: the whole step lies ahead.
+    let t0 = (clock.get() + idle).div_ceil(step) * step + 1 - idle;
+    clock.set(t0);
+    let mut probe = Probe::new("standalone", vec![&server]);
+    let user = "yuri";
+    let token = store.new_token(Some(user)).unwrap();
+    let mut r = record(&token, Some(user), t0);
+    assert_eq!(
+        store.save(&token, &r).await.unwrap(),
+        SaveOutcome::Saved { version: 1 }
+    );
+    let key = session_key("grid:", &token);
+    let expiry = || server.cmd(&["PEXPIRETIME", &key]).parse::<u64>().unwrap();
+    let at = common::stores::grid_expiry(t0 + idle, idle);
+    assert_eq!(at, t0 + idle + step - 1);
+    assert_eq!(expiry(), at);
+
+    for (n, offset) in [1_000, 9_000, step - 2].into_iter().enumerate() {
+        clock.set(t0 + offset);
+        r.version = n as u64 + 1;
+        r.last_seen = t0 + offset;
+        let (saved, cost) = probe
+            .one_round_trip("save (same step)", store.save(&token, &r))
+            .await;
+        assert_eq!(
+            saved.unwrap(),
+            SaveOutcome::Saved {
+                version: r.version + 1
+            }
+        );
+        for command in ["hmget", "zscore", "hset"] {
+            assert_eq!(cost.stats.get(command), 1, "{command}: {:?}", cost.stats);
+        }
+        for command in ["zadd", "zrangebyscore", "pexpireat", "persist", "zrange"] {
+            assert_eq!(cost.stats.get(command), 0, "{command}: {:?}", cost.stats);
+        }
+        assert_eq!(cost.stats.total(), 4, "{:?}", cost.stats);
+        // Still at least the true deadline.
+        assert_eq!(expiry(), at);
+        assert!(expiry() >= t0 + offset + idle);
+    }
+
+    // Into the next step: key expiry, score and index expiry move.
+    clock.set(t0 + step);
+    r.version = 4;
+    r.last_seen = t0 + step;
+    let (saved, cost) = probe
+        .one_round_trip("save (next step)", store.save(&token, &r))
+        .await;
+    assert_eq!(saved.unwrap(), SaveOutcome::Saved { version: 5 });
+    assert_eq!(cost.stats.get("zadd"), 1, "{:?}", cost.stats);
+    assert_eq!(cost.stats.get("zrangebyscore"), 1, "{:?}", cost.stats);
+    assert_eq!(
+        cost.stats.get("pexpireat"),
+        2,
+        "key and index: {:?}",
+        cost.stats
+    );
+    let next = common::stores::grid_expiry(t0 + step + idle, idle);
+    assert_eq!(next, at + step);
+    assert_eq!(expiry(), next);
+    let index = server.cmd(&["HGET", &key, "x"]);
+    let score = server.cmd(&["ZSCORE", &index, &key]);
+    assert_eq!(score.parse::<u64>().unwrap(), next);
+    let index_expiry = server.cmd(&["PEXPIRETIME", &index]).parse::<u64>().unwrap();
+    assert!(index_expiry >= next, "{index_expiry} < {next}");
+}

@@ -82,6 +82,23 @@ pub fn real_now() -> Millis {
         .as_millis() as Millis
 }
 
+/// E(deadline) of `lua/sessions.lua` (`late`): where Redis puts the key
+/// expiry and the index score of a session with this deadline and idle
+/// timeout (ms, 0 = none): the deadline rounded up to a multiple of
+/// idle / 32 clamped to 1 s ..= 60 s, or the deadline itself without idle
+/// timeout. Computed independently here so the tests pin the rule.
+pub fn grid_expiry(deadline: u64, idle: u64) -> u64 {
+    const NO_DEADLINE: u64 = (1 << 53) - 1;
+    if idle == 0 || deadline >= NO_DEADLINE {
+        return deadline;
+    }
+    let step = (idle / 32).clamp(1_000, 60_000);
+    deadline
+        .div_ceil(step)
+        .saturating_mul(step)
+        .min(NO_DEADLINE)
+}
+
 /// The Redis key of `token`'s session under `prefix`:
 /// `<prefix>{<first 8 chars of the token>}:s:<id>`.
 pub fn session_key(prefix: &str, token: &Token) -> String {
