@@ -4,9 +4,13 @@
 //! on any master and a read+write one; a change, logout or revocation
 //! through one store is seen by the other at once in practice and never
 //! after `max_staleness`; and neither a slot migration nor a failover leaves
-//! anything stale, after which the cache works again on the new topology.
+//! anything stale, after which the cache works again on the new topology;
+//! nor does one master's invalidation connection held silent by a proxy
+//! (the others answering) past `max_staleness`.
 
 mod common;
+#[path = "common/freeze.rs"]
+mod freeze;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -17,6 +21,7 @@ use tower_redis_sessions::{RedisStore, StoreConfig};
 
 use common::RedisCluster;
 use common::stores::{test_keyring, unique_prefix};
+use freeze::FreezeProxy;
 
 const STALENESS: Duration = Duration::from_millis(200);
 
@@ -302,5 +307,93 @@ async fn a_failover_leaves_nothing_stale() {
     eprintln!(
         "[cluster, failover] change seen after {seen:?}; once cached again {again:?}; B {:?}",
         b.near_cache_stats()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_masters_channel_held_silent_serves_nothing_stale_after_the_bound() {
+    let cluster = RedisCluster::start();
+    // Every client reaches every master through its proxy: the nodes
+    // announce the proxies' ports (the bus keeps the real ones).
+    let mut proxies = Vec::new();
+    for node in cluster.nodes() {
+        let proxy = FreezeProxy::start(node.port()).await;
+        let bus = (node.port() + 10000).to_string();
+        let port = proxy.port.to_string();
+        for (name, value) in [
+            ("cluster-announce-bus-port", &bus),
+            ("cluster-announce-port", &port),
+        ] {
+            assert_eq!(node.cmd(&["CONFIG", "SET", name, value]), "OK");
+        }
+        proxies.push(proxy);
+    }
+    let ports: Vec<String> = proxies.iter().map(|p| p.port.to_string()).collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !cluster.nodes().iter().all(|n| {
+        let slots = format!("{:?}", n.cmd_bytes(&[b"CLUSTER", b"SLOTS"]));
+        ports.iter().all(|p| slots.contains(&format!("Int({p})")))
+    }) {
+        assert!(
+            Instant::now() < deadline,
+            "the nodes never announced the proxies"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let urls: Vec<String> = proxies.iter().map(FreezeProxy::url).collect();
+    let prefix = unique_prefix("ncc-frozen");
+    let open = |cache: NearCache| {
+        let urls = urls.clone();
+        let prefix = prefix.clone();
+        async move {
+            RedisStore::builder(config(&prefix))
+                .command_timeout(Duration::from_millis(1500))
+                .near_cache(cache)
+                .connect_cluster(urls)
+                .await
+                .unwrap()
+        }
+    };
+    let a = open(NearCache::off()).await;
+    let b = open(cache()).await;
+
+    let mut stale_reads = 0;
+    for _ in 0..3 {
+        let (token, _) = new_session(&a, None).await;
+        let key = format!("{prefix}{{{}}}:s:{}", &token.to_string()[..8], token.id());
+        let owner = cluster.node_for_key(&key).port();
+        let index = cluster
+            .nodes()
+            .iter()
+            .position(|n| n.port() == owner)
+            .unwrap();
+        until_cached(&b, &token).await;
+        // Only that master's channel goes silent; the others answer.
+        proxies[index].freeze();
+        assert!(a.delete(&token).await.unwrap());
+        let at = Instant::now();
+        while at.elapsed() < STALENESS {
+            if matches!(b.load(&token).await, Ok(Some(_))) {
+                stale_reads += 1;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(
+            proxies[index].held_bytes() > 0,
+            "the proxy held the channel"
+        );
+        assert!(
+            b.load(&token).await.unwrap().is_none(),
+            "served a deleted session after max_staleness with one master's channel held"
+        );
+        proxies[index].thaw();
+    }
+    eprintln!(
+        "[cluster, one channel held silent] stale reads before the bound: {stale_reads}; B {:?}",
+        b.near_cache_stats()
+    );
+    assert!(
+        stale_reads > 0,
+        "the hold kept the invalidation from B (the premise)"
     );
 }
