@@ -186,6 +186,18 @@ async fn sleeping_redis_fails_calls_after_the_command_timeout() {
 /// end; nothing deadlocks; afterwards every request succeeds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn saturated_store_waits_at_most_the_wait_timeout() {
+    saturated(tower_redis_sessions::store::NearCache::off()).await;
+}
+
+/// The same with the near cache on: its calls (the saves here; the loads
+/// are cached) go over its own connection, and still take a place among
+/// `max_in_flight`, so the bound and the 503s are the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn saturated_store_with_the_near_cache_waits_at_most_the_wait_timeout() {
+    saturated(tower_redis_sessions::store::NearCache::new()).await;
+}
+
+async fn saturated(cache: tower_redis_sessions::store::NearCache) {
     const PAUSE: Duration = Duration::from_millis(2500);
     const CLIENTS: usize = 8;
     // The command timeout outlasts the pause: the call in flight holds its
@@ -196,12 +208,11 @@ async fn saturated_store_waits_at_most_the_wait_timeout() {
     };
     let server = RedisServer::start();
     let DemoApp { store, web, .. } = demo_over(&server.url(), "busy", |c| {
-        // Without the near cache: every load needs the place in flight.
         timeouts
             .builder(c)
             .pool_size(1)
             .max_in_flight(1)
-            .near_cache(tower_redis_sessions::store::NearCache::off())
+            .near_cache(cache)
     })
     .await;
     let log = Log::new();
