@@ -56,21 +56,9 @@ async fn new_session(store: &RedisStore, user: Option<&str>) -> (Token, Record) 
     (token, record)
 }
 
-/// Until `store` serves `token` from its cache (up to 15 s: after a
-/// topology change the connections are made again first).
+/// Until `store` serves `token` from its near cache (up to 15 s).
 async fn until_cached(store: &RedisStore, token: &Token) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let before = store.near_cache_stats().unwrap().hits;
-        if let Ok(loaded) = store.load(token).await {
-            assert!(loaded.is_some(), "the session exists");
-            if store.near_cache_stats().unwrap().hits > before {
-                return;
-            }
-        }
-        assert!(Instant::now() < deadline, "the cache never served");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    common::near::until_cached(store, token, Duration::from_secs(15)).await;
 }
 
 /// Reads `token` through `store` until `seen` holds, asserting that no read

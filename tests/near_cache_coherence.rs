@@ -65,20 +65,9 @@ async fn new_session(store: &RedisStore, user: Option<&str>) -> (Token, Record) 
     (token, record)
 }
 
-/// Waits (up to 10 s) until `store` serves `token` from its cache: its
-/// invalidation connection is up and a heartbeat was answered.
+/// Until `store` serves `token` from its near cache (up to 10 s).
 async fn until_cached(store: &RedisStore, token: &Token) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let before = store.near_cache_stats().unwrap().hits;
-        let loaded = store.load(token).await.unwrap();
-        assert!(loaded.is_some(), "the session exists");
-        if store.near_cache_stats().unwrap().hits > before {
-            return;
-        }
-        assert!(Instant::now() < deadline, "the cache never served");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    common::near::until_cached(store, token, Duration::from_secs(10)).await;
 }
 
 /// Reads `token` through `store` until `seen` holds for what it returns,

@@ -49,18 +49,9 @@ async fn new_session(store: &RedisStore) -> Token {
     token
 }
 
-/// Until `store` serves `token` from its cache (up to 10 s).
+/// Until `store` serves `token` from its near cache (up to 10 s).
 async fn until_cached(store: &RedisStore, token: &Token) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let before = store.near_cache_stats().unwrap().hits;
-        assert!(store.load(token).await.unwrap().is_some());
-        if store.near_cache_stats().unwrap().hits > before {
-            return;
-        }
-        assert!(Instant::now() < deadline, "the cache never served");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    common::near::until_cached(store, token, Duration::from_secs(10)).await;
 }
 
 /// Reads until `token` no longer loads (gone, or an error: both are true

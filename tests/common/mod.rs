@@ -29,6 +29,7 @@ mod cluster;
 pub mod deploy;
 pub mod logs;
 pub mod monitor;
+pub mod near;
 mod resp;
 pub mod sentinel;
 mod server;
