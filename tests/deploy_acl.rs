@@ -126,6 +126,31 @@ async fn the_near_cache_works_with_its_two_rights_and_is_skipped_without_them() 
     round_trip(&plain, "ada").await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tracking_without_ping_is_a_refusal_not_a_reconnection_loop() {
+    let server = RedisServer::start();
+    let prefix = unique_prefix("acl");
+    set_user(
+        &server,
+        "noping",
+        &format!("{} +client|tracking", acl_load(&prefix)),
+    );
+    let store = store(&server, "noping", &prefix, LibraryMode::Load, false)
+        .await
+        .unwrap();
+    round_trip(&store, "ada").await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let stats = store.near_cache_stats().unwrap();
+    // Tracking on, the heartbeat refused: given up at set-up (emptied when
+    // made and when given up), asked again only after 30 s.
+    assert_eq!(stats.heartbeats, 0, "{stats:?}");
+    assert!(
+        stats.flushes <= 4,
+        "connections made and lost in a loop: {stats:?}"
+    );
+    round_trip(&store, "grace").await.unwrap();
+}
+
 #[tokio::test]
 async fn load_mode_with_a_user_that_may_load_functions() {
     let server = RedisServer::start();

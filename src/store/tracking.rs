@@ -226,6 +226,10 @@ async fn run(shared: Weak<Shared>, target: Target, connect: Duration) {
     let mut backoff = Duration::from_millis(20);
     // Said once per episode: the first failure at WARN, the retries at DEBUG.
     let mut said = false;
+    // When connections were last lost: losses in quick succession (a
+    // cluster whose nodes still disagree on the slots, a flapping link)
+    // are logged once and retried with a growing pause.
+    let mut lost: Option<Instant> = None;
     loop {
         let Some(state) = shared.upgrade() else {
             return;
@@ -256,13 +260,23 @@ async fn run(shared: Weak<Shared>, target: Target, connect: Duration) {
                     connections = channels.conns.len(),
                     "near cache: invalidation connections up"
                 );
-                backoff = Duration::from_millis(20);
                 said = false;
+                let up = Instant::now();
                 heartbeat(&shared, &near, &channels, &probes, command).await;
-                tracing::warn!(
-                    "near cache: an invalidation connection was lost or a master's slots \
-                     changed; cache emptied, reconnecting"
-                );
+                if up.elapsed() >= Duration::from_secs(1) {
+                    backoff = Duration::from_millis(20);
+                }
+                if lost.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
+                    tracing::warn!(
+                        "near cache: an invalidation connection was lost or a master's slots \
+                         changed; cache emptied, reconnecting"
+                    );
+                } else {
+                    tracing::debug!(
+                        "near cache: invalidation connections lost again; reconnecting"
+                    );
+                }
+                lost = Some(Instant::now());
             }
             Err(Failure::Refused(reason)) => {
                 // An ACL or a service that does not allow client tracking:
@@ -271,7 +285,7 @@ async fn run(shared: Weak<Shared>, target: Target, connect: Duration) {
                     tracing::warn!(
                         %reason,
                         "near cache: Redis refuses client tracking (allow +client|tracking \
-                         and +ping, on a cluster also +cluster|slots and +cluster|myid); \
+                         and +ping, on a cluster also +cluster|slots, +cluster|myid and +role); \
                          running without the cache, asking again every 30 s"
                     );
                 }
@@ -487,6 +501,10 @@ impl Link<'_> {
                     redis::cmd("CLUSTER").arg("MYID").query_async(&mut conn),
                 )
                 .await?;
+            // The cluster heartbeat's other probe, once (see `tracked`).
+            let _: Value = self
+                .within(self.command, redis::cmd("ROLE").query_async(&mut conn))
+                .await?;
             if id != owner.id {
                 return Err(Failure::Unreachable(format!(
                     "{}:{} answers as node {id}, not {}",
@@ -549,6 +567,11 @@ impl Link<'_> {
                     .arg("ON")
                     .query_async(&mut conn),
             )
+            .await?;
+        // The heartbeat, once: a refused one (an ACL without +ping) is a
+        // refusal now, not a connection made and lost every heartbeat.
+        let _: Value = self
+            .within(self.command, redis::cmd("PING").query_async(&mut conn))
             .await?;
         Ok(conn)
     }
