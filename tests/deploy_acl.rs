@@ -74,7 +74,7 @@ fn has_library(server: &RedisServer) -> bool {
 }
 
 /// What the near cache needs besides (on a single Redis), as the README says.
-const NEAR_CACHE_COMMANDS: &str = "+client|tracking +ping";
+const NEAR_CACHE_COMMANDS: &str = "+client|tracking +ping +role";
 
 /// Loads until `store` serves `token`'s session from its near cache; false
 /// if it never did within 2 s.
@@ -127,7 +127,7 @@ async fn the_near_cache_works_with_its_two_rights_and_is_skipped_without_them() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tracking_without_ping_is_a_refusal_not_a_reconnection_loop() {
+async fn tracking_without_the_heartbeat_is_a_refusal_not_a_reconnection_loop() {
     let server = RedisServer::start();
     let prefix = unique_prefix("acl");
     set_user(

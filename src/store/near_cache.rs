@@ -543,11 +543,13 @@ impl Near {
 
     /// The connection of `generation` broke or stopped answering.
     pub(crate) fn disconnected(&self, generation: u64) {
+        // An older connection's late news changes nothing: its entries went
+        // when the current one was being made (`reconnecting`).
         if self.generation.load(Ordering::Acquire) == generation {
             self.up.store(false, Ordering::Release);
             self.proven.store(0, Ordering::Release);
+            self.clear();
         }
-        self.clear();
     }
 
     /// A heartbeat sent at `sent` on the connection of `generation` was

@@ -443,7 +443,8 @@ impl RedisStoreBuilder {
         let pool = config
             .create_pool(Some(Runtime::Tokio1))
             .map_err(|e| StoreError::Config(e.to_string()))?;
-        self.build(Pool::Cluster(pool), Some(Target::Cluster(urls)))
+        let prefix = self.config.prefix.clone();
+        self.build(Pool::Cluster(pool), Some(Target::Cluster(urls, prefix)))
             .await
     }
 
@@ -875,7 +876,12 @@ impl Backend for RedisBackend {
 
     async fn barrier(&self, key: &str) {
         if let Some(tracking) = &self.tracking {
-            tracking.barrier(key).await;
+            // A call like any other: within the bound on calls in flight
+            // (without a place, nothing can be shown: empty the cache).
+            match self.conns.place().await {
+                Ok(_place) => tracking.barrier(key).await,
+                Err(_) => tracking.near().clear(),
+            }
         }
     }
 }

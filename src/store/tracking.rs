@@ -25,16 +25,25 @@
 //!   order). Entries are served only within `max_staleness` of the sending
 //!   of the last probes all answered, and calls take these connections only
 //!   then. A probe not answered within `max_staleness` (or the command
-//!   timeout, if longer) ends them all: the cache is emptied and the
-//!   connections made again.
+//!   timeout, if longer), or answered wrongly, ends them all: the cache is
+//!   emptied and the connections made again. The probe is `ROLE` (the node
+//!   must still be a master: a failover behind a proxy or a DNS name that
+//!   demoted it ends the connection); it is tried once when a connection is
+//!   made, so a refused one (an ACL) leaves the store without the cache
+//!   instead of reconnecting at every heartbeat.
 //! - **Redis Cluster**: the masters and their slots come from `CLUSTER
 //!   SLOTS` of any reachable node; each connection checks with `CLUSTER
 //!   MYID` that it reached the master it was meant for. The probe there is
-//!   `ROLE` (a master demoted by a failover ends the connections as soon as
-//!   it knows), and every 16th time `CLUSTER SLOTS`, asked of each master:
-//!   one that no longer serves exactly the slots it was mapped with (a
-//!   finished slot migration) ends the connections, and so does a `MOVED`
-//!   reply to a call. Between probes a moving key cannot go stale here either: the
+//!   `ROLE` and `EXISTS` of a key in one of the master's slots (it fails
+//!   with `CLUSTERDOWN` once the node is cut off from the majority, after
+//!   the cluster's node timeout, and with `MOVED` once that slot moved),
+//!   and every third time also `CLUSTER SLOTS` (the master must serve
+//!   exactly the slots it was mapped with); only those full rounds prove
+//!   the cache, so a slot that changed hands is noticed within the bound.
+//!   A `MOVED` or `CLUSTERDOWN` reply to a call ends the connections too.
+//!   A master cut off with this process on its side of a partition keeps
+//!   answering until the node timeout: then, and only then, the bound is
+//!   the cluster's node timeout rather than `max_staleness`. Between probes a moving key cannot go stale here either: the
 //!   `MIGRATE` that takes a key off its master deletes it there, and that
 //!   deletion is an invalidation; while its slot migrates, a call for a key
 //!   already moved gets `ASK` and goes to the cluster client (not cached).
@@ -54,8 +63,9 @@ use crate::store::near_cache::Near;
 pub(crate) enum Target {
     /// One Redis at this URL.
     Single(String),
-    /// A Redis Cluster reachable at any of these URLs.
-    Cluster(Vec<String>),
+    /// A Redis Cluster reachable at any of these URLs, holding keys under
+    /// this prefix.
+    Cluster(Vec<String>, String),
 }
 
 /// What the store keeps of its invalidation connections.
@@ -124,7 +134,7 @@ impl Tracking {
         // reconnection loop later.
         match &target {
             Target::Single(url) => drop(url.as_str().into_connection_info()?),
-            Target::Cluster(urls) => {
+            Target::Cluster(urls, _) => {
                 for url in urls {
                     drop(url.as_str().into_connection_info()?);
                 }
@@ -189,11 +199,14 @@ impl Tracking {
                 self.fail(generation);
                 Sent::Elsewhere
             }
-            // A slot in migration, or a cluster in trouble: the cluster
-            // client follows the redirect or answers.
-            Ok(Err(e)) if matches!(e.code(), Some("ASK" | "TRYAGAIN" | "CLUSTERDOWN")) => {
+            // The node no longer serves (it left the majority's cluster):
+            // nothing it tracks is proven any more.
+            Ok(Err(e)) if e.code() == Some("CLUSTERDOWN") => {
+                self.fail(generation);
                 Sent::Elsewhere
             }
+            // A slot in migration: the cluster client follows the redirect.
+            Ok(Err(e)) if matches!(e.code(), Some("ASK" | "TRYAGAIN")) => Sent::Elsewhere,
             Ok(Err(e)) => Sent::Reply(Err(e)),
             Err(_) => {
                 self.fail(generation);
@@ -246,7 +259,7 @@ async fn run(shared: Weak<Shared>, target: Target, connect: Duration) {
         };
         let opened = match &target {
             Target::Single(url) => link.single(url).await,
-            Target::Cluster(urls) => link.cluster(urls).await,
+            Target::Cluster(urls, prefix) => link.cluster(urls, prefix).await,
         };
         match opened {
             Ok((channels, probes)) => {
@@ -284,8 +297,9 @@ async fn run(shared: Weak<Shared>, target: Target, connect: Duration) {
                 if !said {
                     tracing::warn!(
                         %reason,
-                        "near cache: Redis refuses client tracking (allow +client|tracking \
-                         and +ping, on a cluster also +cluster|slots, +cluster|myid and +role); \
+                        "near cache: Redis refuses client tracking or its heartbeat (allow \
+                         +client|tracking, +ping and +role, on a cluster also +cluster|slots \
+                         and +cluster|myid); \
                          running without the cache, asking again every 30 s"
                     );
                 }
@@ -338,47 +352,63 @@ impl From<&str> for Failure {
 /// What a heartbeat asks of one connection.
 #[derive(Clone)]
 enum Probe {
-    /// A single Redis: any answer will do.
-    Ping,
-    /// A cluster master: it must still serve exactly these slots.
-    Slots { id: String, ranges: Vec<(u16, u16)> },
+    /// A single Redis: still a master (`ROLE`), so a failover behind a
+    /// proxy or a DNS name that demoted it ends the connection.
+    Single,
+    /// A cluster master: still a master (`ROLE`), still serving (`EXISTS`
+    /// of `key`, a key in one of its slots, fails with `CLUSTERDOWN` once
+    /// the node left the majority's cluster, with `MOVED` once the slot
+    /// moved), and on a full round serving exactly `ranges` (`CLUSTER
+    /// SLOTS`).
+    Master {
+        id: String,
+        ranges: Vec<(u16, u16)>,
+        key: String,
+    },
 }
 
-/// A cluster master's slots are checked every this many heartbeats; the
-/// others ask `ROLE` (0.2 µs of Redis time against about 10 µs for `CLUSTER
-/// SLOTS`, measured on Redis 7.0).
-const SLOTS_EVERY: u32 = 16;
+/// A full round (`CLUSTER SLOTS` of every master, about 10 µs of Redis
+/// time each against 0.2 µs for `ROLE` or `EXISTS`, Redis 7.0) every this
+/// many heartbeats. On a cluster only full rounds prove the cache: with
+/// heartbeats every quarter of `max_staleness`, a full round goes every
+/// three quarters of it, so a slot that changed hands is noticed within
+/// the bound.
+const FULL_EVERY: u32 = 3;
 
 impl Probe {
-    /// Sends the probe; `full`: a master's slots are checked this time.
-    async fn run(self, mut conn: MultiplexedConnection, full: bool) -> bool {
-        match self {
-            Probe::Ping => redis::cmd("PING")
-                .query_async::<Value>(&mut conn)
-                .await
-                .is_ok(),
-            // Still a master: a failover that demoted it ends the
-            // connections as soon as it knows.
-            Probe::Slots { .. } if !full => {
-                let reply = redis::cmd("ROLE").query_async::<Value>(&mut conn).await;
-                match reply {
-                    Ok(Value::Array(role)) => {
-                        role.first().and_then(text).as_deref() == Some("master")
-                    }
-                    _ => false,
-                }
-            }
-            Probe::Slots { id, ranges } => {
-                let reply = redis::cmd("CLUSTER")
-                    .arg("SLOTS")
-                    .query_async::<Value>(&mut conn)
-                    .await;
-                match reply.ok().as_ref().and_then(parse_slots) {
-                    Some(map) => own_ranges(&map, &id) == ranges,
-                    None => false,
-                }
+    /// Sends the probe on `conn`: `Ok(true)` if it holds, `Ok(false)` if
+    /// Redis answered something else, the error if it answered one.
+    async fn run(self, mut conn: MultiplexedConnection, full: bool) -> Result<bool, RedisError> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("ROLE");
+        if let Probe::Master { key, .. } = &self {
+            pipe.cmd("EXISTS").arg(key);
+            if full {
+                pipe.cmd("CLUSTER").arg("SLOTS");
             }
         }
+        let replies: Vec<Value> = pipe.query_async(&mut conn).await?;
+        let master = match replies.first() {
+            Some(Value::Array(role)) => role.first().and_then(text).as_deref() == Some("master"),
+            _ => false,
+        };
+        Ok(match self {
+            Probe::Single => master,
+            Probe::Master { id, ranges, .. } => {
+                let serving = matches!(replies.get(1), Some(Value::Int(_)));
+                let slots = !full
+                    || replies
+                        .get(2)
+                        .and_then(parse_slots)
+                        .is_some_and(|map| own_ranges(&map, &id) == ranges);
+                master && serving && slots
+            }
+        })
+    }
+
+    /// Whether only full rounds prove the cache.
+    fn rounds(&self) -> bool {
+        matches!(self, Probe::Master { .. })
     }
 }
 
@@ -393,13 +423,14 @@ async fn heartbeat(
 ) {
     let every = near.config().heartbeat();
     let patience = near.config().get_max_staleness().max(command);
+    let rounds = probes.iter().any(Probe::rounds);
     let mut beat: u32 = 0;
     loop {
         if shared.strong_count() == 0 || !near.is_up() {
             return;
         }
         let sent = Instant::now();
-        let full = beat.is_multiple_of(SLOTS_EVERY);
+        let full = !rounds || beat.is_multiple_of(FULL_EVERY);
         beat = beat.wrapping_add(1);
         let mut answers = tokio::task::JoinSet::new();
         for (conn, probe) in channels.conns.iter().zip(probes) {
@@ -408,12 +439,14 @@ async fn heartbeat(
         let all = async {
             let mut all = true;
             while let Some(answer) = answers.join_next().await {
-                all &= matches!(answer, Ok(true));
+                all &= matches!(answer, Ok(Ok(true)));
             }
             all
         };
         match tokio::time::timeout(patience, all).await {
-            Ok(true) => near.proved(channels.generation, sent),
+            // A light round only shows nothing broke: it proves nothing.
+            Ok(true) if full => near.proved(channels.generation, sent),
+            Ok(true) => {}
             _ => return,
         }
         tokio::time::sleep(every).await;
@@ -434,18 +467,26 @@ impl Link<'_> {
             .into_connection_info()
             .map_err(|e| Failure::from(e.to_string()))?;
         let conn = self.tracked(info).await?;
+        self.holds(&Probe::Single, &conn).await?;
         let channels = Channels {
             generation: self.generation,
             conns: vec![conn],
             route: Arc::from(Vec::new()),
         };
-        Ok((channels, vec![Probe::Ping]))
+        Ok((channels, vec![Probe::Single]))
     }
 
-    async fn cluster(&self, urls: &[String]) -> Result<(Channels, Vec<Probe>), Failure> {
+    async fn cluster(
+        &self,
+        urls: &[String],
+        prefix: &str,
+    ) -> Result<(Channels, Vec<Probe>), Failure> {
         let mut last = Failure::from("no cluster URL given");
-        for url in urls {
-            match self.cluster_from(url).await {
+        // Each attempt starts at another node: one whose view of the slots
+        // is behind the masters' own is not asked first every time.
+        let start = usize::try_from(self.generation).unwrap_or(0) % urls.len().max(1);
+        for url in urls.iter().cycle().skip(start).take(urls.len()) {
+            match self.cluster_from(url, prefix).await {
                 Ok(opened) => return Ok(opened),
                 Err(reason) => last = reason,
             }
@@ -455,7 +496,11 @@ impl Link<'_> {
 
     /// The masters as the node at `url` sees them, each with a tracking
     /// connection that `CLUSTER MYID` showed to reach that master.
-    async fn cluster_from(&self, url: &str) -> Result<(Channels, Vec<Probe>), Failure> {
+    async fn cluster_from(
+        &self,
+        url: &str,
+        prefix: &str,
+    ) -> Result<(Channels, Vec<Probe>), Failure> {
         let seed = url
             .into_connection_info()
             .map_err(|e| Failure::from(e.to_string()))?;
@@ -484,7 +529,7 @@ impl Link<'_> {
         let mut conns = Vec::with_capacity(masters.len());
         let mut probes = Vec::with_capacity(masters.len());
         for (index, (owner, mut ranges)) in masters.into_iter().enumerate() {
-            let host = if owner.host.is_empty() {
+            let host = if owner.host.is_empty() || owner.host == "?" {
                 // "": the node does not know its own address; it is the
                 // one that was asked.
                 host_of(seed.addr()).to_owned()
@@ -501,10 +546,6 @@ impl Link<'_> {
                     redis::cmd("CLUSTER").arg("MYID").query_async(&mut conn),
                 )
                 .await?;
-            // The cluster heartbeat's other probe, once (see `tracked`).
-            let _: Value = self
-                .within(self.command, redis::cmd("ROLE").query_async(&mut conn))
-                .await?;
             if id != owner.id {
                 return Err(Failure::Unreachable(format!(
                     "{}:{} answers as node {id}, not {}",
@@ -518,8 +559,14 @@ impl Link<'_> {
                 }
             }
             ranges.sort_unstable();
+            let probe = Probe::Master {
+                key: probe_key(prefix, &ranges),
+                id,
+                ranges,
+            };
+            self.holds(&probe, &conn).await?;
             conns.push(conn);
-            probes.push(Probe::Slots { id, ranges });
+            probes.push(probe);
         }
         let channels = Channels {
             generation: self.generation,
@@ -568,12 +615,22 @@ impl Link<'_> {
                     .query_async(&mut conn),
             )
             .await?;
-        // The heartbeat, once: a refused one (an ACL without +ping) is a
-        // refusal now, not a connection made and lost every heartbeat.
-        let _: Value = self
-            .within(self.command, redis::cmd("PING").query_async(&mut conn))
-            .await?;
         Ok(conn)
+    }
+
+    /// Runs `probe` once, in full: a refused command (an ACL without
+    /// `+role`, say) is a refusal now, not a connection made and lost at
+    /// every heartbeat; a node that does not hold is not used.
+    async fn holds(&self, probe: &Probe, conn: &MultiplexedConnection) -> Result<(), Failure> {
+        match self
+            .within(self.command, probe.clone().run(conn.clone(), true))
+            .await?
+        {
+            true => Ok(()),
+            false => Err(Failure::from(
+                "a node is not the master it was taken for, or does not serve its slots",
+            )),
+        }
     }
 
     async fn within<T>(
@@ -583,15 +640,45 @@ impl Link<'_> {
     ) -> Result<T, Failure> {
         match tokio::time::timeout(bound, call).await {
             Ok(Ok(value)) => Ok(value),
-            // An error reply (not a broken or refused connection): Redis is
-            // there and says no.
-            Ok(Err(e)) if e.code().is_some() && !crate::store::pool::is_broken(&e) => {
-                Err(Failure::Refused(e.to_string()))
-            }
+            // Redis is there and says no for good: asking often will not
+            // change it (transient answers, LOADING or BUSY, are retried).
+            Ok(Err(e)) if refusal(&e) => Err(Failure::Refused(e.to_string())),
             Ok(Err(e)) => Err(Failure::Unreachable(e.to_string())),
             Err(_) => Err(Failure::Unreachable(format!("no answer within {bound:?}"))),
         }
     }
+}
+
+/// An answer that will not change by asking again: no permission, or a
+/// command this Redis does not have or has disabled.
+fn refusal(e: &RedisError) -> bool {
+    match e.code() {
+        Some("NOPERM") => true,
+        Some("ERR") => {
+            let detail = e.detail().unwrap_or_default().to_ascii_lowercase();
+            [
+                "unknown command",
+                "unknown subcommand",
+                "disabled",
+                "not allowed",
+            ]
+            .iter()
+            .any(|t| detail.contains(t))
+        }
+        _ => false,
+    }
+}
+
+/// A key under `prefix` (so an ACL limited to the store's keys allows it)
+/// whose hash slot is in `ranges`, for the `EXISTS` of a master's probe.
+fn probe_key(prefix: &str, ranges: &[(u16, u16)]) -> String {
+    let owned = |slot: u16| ranges.iter().any(|&(a, b)| (a..=b).contains(&slot));
+    // With a third of the slots, one in three tags fits: the search ends
+    // within a few tries (at most all tags up to SLOTS * 4, then any key).
+    (0..u32::from(SLOTS) * 4)
+        .map(|n| format!("{prefix}{{near-cache-probe-{n}}}"))
+        .find(|key| owned(slot(key.as_bytes())))
+        .unwrap_or_else(|| format!("{prefix}near-cache-probe"))
 }
 
 /// A slot range's master, as `CLUSTER SLOTS` names it.
@@ -649,6 +736,8 @@ fn int(value: &Value) -> Option<i64> {
 
 fn text(value: &Value) -> Option<String> {
     match value {
+        // An endpoint Redis does not know: as "" (the node asked).
+        Value::Nil => Some(String::new()),
         Value::BulkString(bytes) => String::from_utf8(bytes.clone()).ok(),
         Value::SimpleString(text) | Value::VerbatimString { text, .. } => Some(text.clone()),
         _ => None,
@@ -720,6 +809,48 @@ mod tests {
         assert_eq!(slot(b"foo{}{bar}"), 8363);
         assert_eq!(slot(b"foo{{bar}}zap"), slot(b"{bar"));
         assert_eq!(slot(b"foo{bar}{zap}"), slot(b"bar"));
+    }
+
+    #[test]
+    fn probe_keys_fall_in_the_masters_slots_under_the_prefix() {
+        for ranges in [
+            vec![(0, 5460)],
+            vec![(5461, 10922)],
+            vec![(10923, 16383)],
+            vec![(7, 7)],
+        ] {
+            let key = probe_key("trs:", &ranges);
+            assert!(key.starts_with("trs:{"), "{key}");
+            let slot = slot(key.as_bytes());
+            assert!(
+                ranges.iter().any(|&(a, b)| (a..=b).contains(&slot)),
+                "{key}: {slot}"
+            );
+        }
+    }
+
+    #[test]
+    fn only_lasting_answers_are_refusals() {
+        let error = |line: &str| {
+            redis::parse_redis_value(format!("-{line}\r\n").as_bytes())
+                .unwrap()
+                .extract_error()
+                .unwrap_err()
+        };
+        assert!(refusal(&error(
+            "NOPERM this user has no permissions to run the 'role' command"
+        )));
+        assert!(refusal(&error(
+            "ERR unknown command 'ROLE', with args beginning with: "
+        )));
+        assert!(refusal(&error(
+            "ERR unknown subcommand 'TRACKING'. Try CLIENT HELP."
+        )));
+        assert!(!refusal(&error(
+            "LOADING Redis is loading the dataset in memory"
+        )));
+        assert!(!refusal(&error("BUSY Redis is busy running a script.")));
+        assert!(!refusal(&error("CLUSTERDOWN The cluster is down")));
     }
 
     #[test]
