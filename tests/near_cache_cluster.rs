@@ -61,24 +61,15 @@ async fn until_cached(store: &RedisStore, token: &Token) {
     common::near::until_cached(store, token, Duration::from_secs(15)).await;
 }
 
-/// Reads `token` through `store` until `seen` holds, asserting that no read
-/// that started `max_staleness` after `changed` failed it; returns how long
-/// after `changed` it held. Errors (a cluster in transition) are retried.
+/// Reads `token` through `store` until `seen` holds; a read that starts
+/// `STALENESS` after `changed` must hold (see `common::near::until_seen`).
 async fn until_seen(
     store: &RedisStore,
     token: &Token,
     changed: Instant,
     seen: impl Fn(&Option<Record>) -> bool,
 ) -> Duration {
-    loop {
-        let late = changed.elapsed() >= STALENESS;
-        match store.load(token).await {
-            Ok(loaded) if seen(&loaded) => return changed.elapsed(),
-            Ok(_) => assert!(!late, "a stale read after max_staleness ({STALENESS:?})"),
-            Err(e) => assert!(changed.elapsed() < Duration::from_secs(15), "{e}"),
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    common::near::until_seen(store, token, changed, STALENESS, seen).await
 }
 
 /// Saves `record` with one more `n` through `store`, retrying errors of a

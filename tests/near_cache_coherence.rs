@@ -70,29 +70,15 @@ async fn until_cached(store: &RedisStore, token: &Token) {
     common::near::until_cached(store, token, Duration::from_secs(10)).await;
 }
 
-/// Reads `token` through `store` until `seen` holds for what it returns,
-/// and returns how long after `changed` that was. Once `max_staleness` has
-/// passed since `changed` (the change had returned by then), the read must
-/// hold: that is the bound, asserted by construction.
+/// Reads `token` through `store` until `seen` holds; a read that starts
+/// `STALENESS` after `changed` must hold (see `common::near::until_seen`).
 async fn until_seen(
     store: &RedisStore,
     token: &Token,
     changed: Instant,
     seen: impl Fn(&Option<Record>) -> bool,
 ) -> Duration {
-    loop {
-        // Taken before the read: a read that starts after the bound must hold.
-        let late = changed.elapsed() >= STALENESS;
-        let loaded = store.load(token).await.unwrap();
-        if seen(&loaded) {
-            return changed.elapsed();
-        }
-        assert!(
-            !late,
-            "a stale read was served after max_staleness ({STALENESS:?}) had passed"
-        );
-        tokio::task::yield_now().await;
-    }
+    common::near::until_seen(store, token, changed, STALENESS, seen).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use tower_redis_sessions::RedisStore;
-use tower_redis_sessions::store::{SessionStore, Token};
+use tower_redis_sessions::store::{Record, SessionStore, Token};
 
 /// Loads `token` through `store` until a load is served from its near cache
 /// (its invalidation connections are up and proven), retrying errors of a
@@ -26,5 +26,33 @@ pub async fn until_cached(store: &RedisStore, token: &Token, within: Duration) {
         }
         assert!(Instant::now() < deadline, "the cache never served");
         tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Reads `token` through `store` until `seen` holds for what it returns,
+/// and returns how long after `changed` that was. Once `bound` (the
+/// store's `max_staleness`) has passed since `changed` (the change had
+/// returned by then), the read must hold: the staleness bound, asserted by
+/// construction. Errors (a Redis or a cluster in transition) are retried
+/// for up to 15 s.
+pub async fn until_seen(
+    store: &RedisStore,
+    token: &Token,
+    changed: Instant,
+    bound: Duration,
+    seen: impl Fn(&Option<Record>) -> bool,
+) -> Duration {
+    loop {
+        // Taken before the read: a read that starts after the bound must hold.
+        let late = changed.elapsed() >= bound;
+        match store.load(token).await {
+            Ok(loaded) if seen(&loaded) => return changed.elapsed(),
+            Ok(_) => assert!(
+                !late,
+                "a stale read was served after max_staleness ({bound:?}) had passed"
+            ),
+            Err(e) => assert!(changed.elapsed() < Duration::from_secs(15), "{e}"),
+        }
+        tokio::task::yield_now().await;
     }
 }
