@@ -20,7 +20,8 @@ use tower_redis_sessions::store::{NearCache, Record, SaveOutcome, SessionStore, 
 use tower_redis_sessions::{RedisStore, StoreConfig};
 
 use common::RedisCluster;
-use common::stores::{test_keyring, unique_prefix};
+use common::near::{new_session, until_cached, until_seen};
+use common::stores::{session_key, test_keyring, unique_prefix};
 use freeze::FreezeProxy;
 
 const STALENESS: Duration = Duration::from_millis(200);
@@ -42,34 +43,6 @@ async fn store(cluster: &RedisCluster, prefix: &str, cache: NearCache) -> Arc<Re
 
 fn cache() -> NearCache {
     NearCache::new().max_staleness(STALENESS)
-}
-
-async fn new_session(store: &RedisStore, user: Option<&str>) -> (Token, Record) {
-    let token = store.new_token(user).unwrap();
-    let mut record = Record::new(token.id(), "web", store.now());
-    record.idle_timeout = Some(Duration::from_secs(3600));
-    record.user = user.map(str::to_owned);
-    let SaveOutcome::Saved { version } = store.save(&token, &record).await.unwrap() else {
-        panic!("a new session saves");
-    };
-    record.version = version;
-    (token, record)
-}
-
-/// Until `store` serves `token` from its near cache (up to 15 s).
-async fn until_cached(store: &RedisStore, token: &Token) {
-    common::near::until_cached(store, token, Duration::from_secs(15)).await;
-}
-
-/// Reads `token` through `store` until `seen` holds; a read that starts
-/// `STALENESS` after `changed` must hold (see `common::near::until_seen`).
-async fn until_seen(
-    store: &RedisStore,
-    token: &Token,
-    changed: Instant,
-    seen: impl Fn(&Option<Record>) -> bool,
-) -> Duration {
-    common::near::until_seen(store, token, changed, STALENESS, seen).await
 }
 
 /// Saves `record` with one more `n` through `store`, retrying errors of a
@@ -121,7 +94,7 @@ async fn every_master_serves_the_cache_and_changes_elsewhere_are_seen() {
     for i in 0..12 {
         let user = format!("u{i}");
         let (token, record) = new_session(&a, Some(&user)).await;
-        let key = format!("{prefix}{{{}}}:s:{}", &token.to_string()[..8], token.id());
+        let key = session_key(&prefix, &token);
         masters.insert(cluster.node_for_key(&key).port());
         sessions.push((user, token, record));
     }
@@ -167,7 +140,7 @@ async fn every_master_serves_the_cache_and_changes_elsewhere_are_seen() {
             until_cached(&b, token).await;
             let n = bump(&a, token).await;
             let at = Instant::now();
-            delays.push(until_seen(&b, token, at, n_is(n)).await);
+            delays.push(until_seen(&b, token, at, STALENESS, n_is(n)).await);
         }
     }
     // A logout through A.
@@ -175,14 +148,14 @@ async fn every_master_serves_the_cache_and_changes_elsewhere_are_seen() {
     until_cached(&b, token).await;
     assert!(a.delete(token).await.unwrap());
     let at = Instant::now();
-    delays.push(until_seen(&b, token, at, Option::is_none).await);
+    delays.push(until_seen(&b, token, at, STALENESS, Option::is_none).await);
     // Revoking a user's other sessions through A.
     let (user, mine, _) = &sessions[1];
     let (other, _) = new_session(&a, Some(user)).await;
     until_cached(&b, &other).await;
     assert_eq!(a.revoke_all(user, None, Some(mine)).await.unwrap(), 1);
     let at = Instant::now();
-    delays.push(until_seen(&b, &other, at, Option::is_none).await);
+    delays.push(until_seen(&b, &other, at, STALENESS, Option::is_none).await);
     assert!(b.load(mine).await.unwrap().is_some());
 
     delays.sort_unstable();
@@ -204,7 +177,7 @@ async fn a_slot_migration_leaves_nothing_stale() {
     let a = store(&cluster, &prefix, NearCache::off()).await;
     let b = store(&cluster, &prefix, cache()).await;
     let (token, _) = new_session(&a, Some("mover")).await;
-    let key = format!("{prefix}{{{}}}:s:{}", &token.to_string()[..8], token.id());
+    let key = session_key(&prefix, &token);
     let slot = common::key_slot(key.as_bytes());
     let source = cluster.node_for_key(&key);
     let target = cluster
@@ -224,20 +197,20 @@ async fn a_slot_migration_leaves_nothing_stale() {
     // The MIGRATE deleted the key on the source: an invalidation.
     let at = Instant::now();
     let n = bump(&a, &token).await;
-    let during = until_seen(&b, &token, at, n_is(n)).await;
+    let during = until_seen(&b, &token, at, STALENESS, n_is(n)).await;
     for node in cluster.nodes() {
         node.setslot(slot, &["NODE", &target.node_id()]);
     }
     let n = bump(&a, &token).await;
     let at = Instant::now();
-    let after = until_seen(&b, &token, at, n_is(n)).await;
+    let after = until_seen(&b, &token, at, STALENESS, n_is(n)).await;
 
     // The cache works again, from the master that now holds the slot.
     until_cached(&b, &token).await;
     assert!(b.near_cache_stats().unwrap().flushes > flushes, "emptied");
     let n = bump(&a, &token).await;
     let at = Instant::now();
-    let again = until_seen(&b, &token, at, n_is(n)).await;
+    let again = until_seen(&b, &token, at, STALENESS, n_is(n)).await;
     eprintln!(
         "[cluster, slot moved] change seen after: during the migration {during:?}, \
          after it {after:?}, once cached again {again:?}; B {:?}",
@@ -263,7 +236,7 @@ async fn a_failover_leaves_nothing_stale() {
     // A session on the master that fails over.
     let token = loop {
         let (token, _) = new_session(&a, None).await;
-        let key = format!("{prefix}{{{}}}:s:{}", &token.to_string()[..8], token.id());
+        let key = session_key(&prefix, &token);
         if cluster.node_for_key(&key).port() == cluster.nodes()[master].port() {
             break token;
         }
@@ -272,17 +245,17 @@ async fn a_failover_leaves_nothing_stale() {
     let flushes = b.near_cache_stats().unwrap().flushes;
 
     tokio::task::block_in_place(|| {
-        let key = format!("{prefix}{{{}}}:s:{}", &token.to_string()[..8], token.id());
+        let key = session_key(&prefix, &token);
         cluster.fail_over(replica, common::key_slot(key.as_bytes()));
     });
     let n = bump(&a, &token).await;
     let at = Instant::now();
-    let seen = until_seen(&b, &token, at, n_is(n)).await;
+    let seen = until_seen(&b, &token, at, STALENESS, n_is(n)).await;
     until_cached(&b, &token).await;
     assert!(b.near_cache_stats().unwrap().flushes > flushes, "emptied");
     let n = bump(&a, &token).await;
     let at = Instant::now();
-    let again = until_seen(&b, &token, at, n_is(n)).await;
+    let again = until_seen(&b, &token, at, STALENESS, n_is(n)).await;
     eprintln!(
         "[cluster, failover] change seen after {seen:?}; once cached again {again:?}; B {:?}",
         b.near_cache_stats()
@@ -339,7 +312,7 @@ async fn one_masters_channel_held_silent_serves_nothing_stale_after_the_bound() 
     let mut stale_reads = 0;
     for _ in 0..3 {
         let (token, _) = new_session(&a, None).await;
-        let key = format!("{prefix}{{{}}}:s:{}", &token.to_string()[..8], token.id());
+        let key = session_key(&prefix, &token);
         let owner = cluster.node_for_key(&key).port();
         let index = cluster
             .nodes()

@@ -17,9 +17,10 @@ use std::time::{Duration, Instant};
 
 use reqwest::header::COOKIE;
 use serde_json::{Value, json};
-use tower_redis_sessions::store::{NearCache, Record, SaveOutcome, SessionStore, Token};
+use tower_redis_sessions::store::{NearCache, Record, SaveOutcome, SessionStore};
 use tower_redis_sessions::{RedisStore, StoreConfig};
 
+use common::near::{new_session, until_cached, until_seen};
 use common::stores::{test_keyring, unique_prefix};
 use common::{RedisServer, shared_server};
 use freeze::FreezeProxy;
@@ -49,36 +50,6 @@ async fn uncached(url: &str, prefix: &str) -> Arc<RedisStore> {
             .await
             .unwrap(),
     )
-}
-
-/// A new session of `user` (or anonymous) saved through `store`.
-async fn new_session(store: &RedisStore, user: Option<&str>) -> (Token, Record) {
-    let token = store.new_token(user).unwrap();
-    let mut record = Record::new(token.id(), "web", store.now());
-    record.user = user.map(str::to_owned);
-    record.idle_timeout = Some(Duration::from_secs(3600));
-    record.data.insert("n".into(), 0.into());
-    let SaveOutcome::Saved { version } = store.save(&token, &record).await.unwrap() else {
-        panic!("a new session saves");
-    };
-    record.version = version;
-    (token, record)
-}
-
-/// Until `store` serves `token` from its near cache (up to 10 s).
-async fn until_cached(store: &RedisStore, token: &Token) {
-    common::near::until_cached(store, token, Duration::from_secs(10)).await;
-}
-
-/// Reads `token` through `store` until `seen` holds; a read that starts
-/// `STALENESS` after `changed` must hold (see `common::near::until_seen`).
-async fn until_seen(
-    store: &RedisStore,
-    token: &Token,
-    changed: Instant,
-    seen: impl Fn(&Option<Record>) -> bool,
-) -> Duration {
-    common::near::until_seen(store, token, changed, STALENESS, seen).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -157,7 +128,7 @@ async fn changes_through_another_process_are_seen_within_the_bound() {
         SaveOutcome::Saved { .. }
     ));
     let at = Instant::now();
-    let change = until_seen(&b, &token, at, |r| {
+    let change = until_seen(&b, &token, at, STALENESS, |r| {
         r.as_ref().map(|r| r.data.get("n").cloned()) == Some(Some(1.into()))
     })
     .await;
@@ -166,7 +137,7 @@ async fn changes_through_another_process_are_seen_within_the_bound() {
     until_cached(&b, &token).await;
     assert!(a.delete(&token).await.unwrap());
     let at = Instant::now();
-    let logout = until_seen(&b, &token, at, Option::is_none).await;
+    let logout = until_seen(&b, &token, at, STALENESS, Option::is_none).await;
 
     // Revoking a user's other sessions.
     let user = format!("user-{}", prefix.trim_end_matches(':'));
@@ -178,7 +149,7 @@ async fn changes_through_another_process_are_seen_within_the_bound() {
     let at = Instant::now();
     // The process that revoked serves none of them once revoke_all returned.
     assert!(a.load(&other).await.unwrap().is_none());
-    let revoke = until_seen(&b, &other, at, Option::is_none).await;
+    let revoke = until_seen(&b, &other, at, STALENESS, Option::is_none).await;
     assert!(b.load(&mine).await.unwrap().is_some());
 
     // Expiry: served at most until the deadline, by the application's clock.
@@ -219,7 +190,7 @@ async fn revocation_delay_over_many_trials() {
         until_cached(&b, &token).await;
         assert!(a.delete(&token).await.unwrap());
         let at = Instant::now();
-        delays.push(until_seen(&b, &token, at, Option::is_none).await);
+        delays.push(until_seen(&b, &token, at, STALENESS, Option::is_none).await);
     }
     delays.sort();
     let pct = |p: usize| delays[(delays.len() * p / 100).min(delays.len() - 1)];

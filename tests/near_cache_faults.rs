@@ -10,9 +10,10 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tower_redis_sessions::store::{NearCache, Record, SaveOutcome, SessionStore, Token};
+use tower_redis_sessions::store::{NearCache, SessionStore, Token};
 use tower_redis_sessions::{RedisStore, StoreConfig};
 
+use common::near::{new_session, until_cached};
 use common::stores::{test_keyring, unique_prefix};
 use common::{RedisServer, shared_cluster};
 
@@ -38,22 +39,6 @@ fn cache() -> NearCache {
     NearCache::new().max_staleness(STALENESS)
 }
 
-async fn new_session(store: &RedisStore) -> Token {
-    let token = store.new_token(None).unwrap();
-    let mut record = Record::new(token.id(), "web", store.now());
-    record.idle_timeout = Some(Duration::from_secs(3600));
-    assert!(matches!(
-        store.save(&token, &record).await.unwrap(),
-        SaveOutcome::Saved { .. }
-    ));
-    token
-}
-
-/// Until `store` serves `token` from its near cache (up to 10 s).
-async fn until_cached(store: &RedisStore, token: &Token) {
-    common::near::until_cached(store, token, Duration::from_secs(10)).await;
-}
-
 /// Reads until `token` no longer loads (gone, or an error: both are true
 /// answers), asserting that no read started after `max_staleness` since
 /// `at` served it. Returns how long that took.
@@ -73,7 +58,7 @@ async fn a_redis_restart_serves_nothing_stale() {
     let mut server = RedisServer::start();
     let prefix = unique_prefix("ncf-restart");
     let b = store(&server.url(), &prefix, cache()).await;
-    let token = new_session(&b).await;
+    let token = new_session(&b, None).await.0;
     until_cached(&b, &token).await;
     let flushes = b.near_cache_stats().unwrap().flushes;
     // No persistence: the session is lost with the restart.
@@ -82,7 +67,7 @@ async fn a_redis_restart_serves_nothing_stale() {
     let gone = until_gone(&b, &token, at).await;
     assert!(b.near_cache_stats().unwrap().flushes > flushes, "emptied");
     // And the cache works again afterwards.
-    let token = new_session(&b).await;
+    let token = new_session(&b, None).await.0;
     until_cached(&b, &token).await;
     eprintln!(
         "[restart] no longer served after {gone:?}; {:?}",
@@ -96,7 +81,7 @@ async fn killing_the_invalidation_connection_serves_nothing_stale() {
     let prefix = unique_prefix("ncf-kill");
     let a = store(&server.url(), &prefix, NearCache::off()).await;
     let b = store(&server.url(), &prefix, cache()).await;
-    let token = new_session(&a).await;
+    let token = new_session(&a, None).await.0;
     until_cached(&b, &token).await;
     let flushes = b.near_cache_stats().unwrap().flushes;
     // The tracking client: flag `t` in CLIENT LIST.
@@ -122,7 +107,7 @@ async fn killing_the_invalidation_connection_serves_nothing_stale() {
         assert!(Instant::now() < deadline, "the kill was never noticed");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let token = new_session(&a).await;
+    let token = new_session(&a, None).await.0;
     until_cached(&b, &token).await;
     assert!(a.delete(&token).await.unwrap());
     let again = until_gone(&b, &token, Instant::now()).await;
@@ -135,7 +120,7 @@ async fn function_flush_empties_the_cache_and_serves_nothing_stale() {
     let prefix = unique_prefix("ncf-fflush");
     let a = store(&server.url(), &prefix, NearCache::off()).await;
     let b = store(&server.url(), &prefix, cache()).await;
-    let token = new_session(&a).await;
+    let token = new_session(&a, None).await.0;
     until_cached(&b, &token).await;
     server.cmd(&["FUNCTION", "FLUSH"]);
     // A registers the library again and ends the session.
@@ -145,7 +130,7 @@ async fn function_flush_empties_the_cache_and_serves_nothing_stale() {
 
     // B's next call meets the missing library (flushed again): its cache
     // is emptied before it registers the library again.
-    let other = new_session(&b).await;
+    let other = new_session(&b, None).await.0;
     until_cached(&b, &other).await;
     let flushes = b.near_cache_stats().unwrap().flushes;
     server.cmd(&["FUNCTION", "FLUSH"]);
@@ -164,7 +149,7 @@ async fn flushall_empties_the_cache() {
     let server = RedisServer::start();
     let prefix = unique_prefix("ncf-flushall");
     let b = store(&server.url(), &prefix, cache()).await;
-    let token = new_session(&b).await;
+    let token = new_session(&b, None).await.0;
     until_cached(&b, &token).await;
     server.cmd(&["FLUSHALL"]);
     let at = Instant::now();
@@ -181,6 +166,6 @@ async fn a_cluster_store_runs_with_the_cache() {
         .await
         .unwrap();
     assert!(store.near_cache_stats().is_some());
-    let token = new_session(&store).await;
+    let token = new_session(&store, None).await.0;
     assert!(store.load(&token).await.unwrap().is_some());
 }

@@ -3,13 +3,29 @@
 use std::time::{Duration, Instant};
 
 use tower_redis_sessions::RedisStore;
-use tower_redis_sessions::store::{Record, SessionStore, Token};
+use tower_redis_sessions::store::{Record, SaveOutcome, SessionStore, Token};
+
+/// A new session of `user` (or anonymous) saved through `store`: idle
+/// timeout 1 hour, `n` = 0.
+pub async fn new_session(store: &RedisStore, user: Option<&str>) -> (Token, Record) {
+    let token = store.new_token(user).unwrap();
+    let mut record = Record::new(token.id(), "web", store.now());
+    record.user = user.map(str::to_owned);
+    record.idle_timeout = Some(Duration::from_secs(3600));
+    record.data.insert("n".into(), 0.into());
+    let SaveOutcome::Saved { version } = store.save(&token, &record).await.unwrap() else {
+        panic!("a new session saves");
+    };
+    record.version = version;
+    (token, record)
+}
 
 /// Loads `token` through `store` until a load is served from its near cache
 /// (its invalidation connections are up and proven), retrying errors of a
-/// Redis in transition; panics after `within`.
-pub async fn until_cached(store: &RedisStore, token: &Token, within: Duration) {
-    let deadline = Instant::now() + within;
+/// Redis in transition; panics after 15 s (after a topology change the
+/// connections are made again first).
+pub async fn until_cached(store: &RedisStore, token: &Token) {
+    let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let hits = || {
             store
