@@ -2,13 +2,13 @@
 //! cluster pool cannot take certificates, so the store pools redis-rs
 //! cluster connections built with them itself.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
 use deadpool::managed::{self, Metrics, RecycleResult};
 use deadpool_redis::redis::cluster::{ClusterClient, ClusterClientBuilder};
 use deadpool_redis::redis::cluster_async::ClusterConnection;
-use deadpool_redis::redis::{self, ClientTlsConfig, RedisError, TlsCertificates};
+use deadpool_redis::redis::{ClientTlsConfig, RedisError, TlsCertificates};
 use deadpool_redis::{PoolConfig, Runtime};
 
 use crate::store::StoreError;
@@ -33,13 +33,7 @@ impl managed::Manager for Manager {
         conn: &mut ClusterConnection,
         _: &Metrics,
     ) -> RecycleResult<RedisError> {
-        let ping = self.ping_number.fetch_add(1, Ordering::Relaxed).to_string();
-        let pong: String = redis::cmd("PING").arg(&ping).query_async(conn).await?;
-        if pong == ping {
-            Ok(())
-        } else {
-            Err(managed::RecycleError::message("Invalid PING response"))
-        }
+        crate::store::pool::recycle_by_ping(conn, &self.ping_number).await
     }
 }
 

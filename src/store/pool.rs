@@ -318,3 +318,21 @@ pub(crate) fn is_broken(e: &RedisError) -> bool {
             )
         )
 }
+
+/// The health check of the pools this crate builds itself (cluster with
+/// custom TLS, Sentinel), as deadpool-redis does its own: a `PING` with a
+/// fresh number must come back with that number.
+pub(crate) async fn recycle_by_ping<C: redis::aio::ConnectionLike + Send>(
+    conn: &mut C,
+    counter: &AtomicUsize,
+) -> deadpool::managed::RecycleResult<RedisError> {
+    let ping = counter.fetch_add(1, Ordering::Relaxed).to_string();
+    let pong: String = redis::cmd("PING").arg(&ping).query_async(conn).await?;
+    if pong == ping {
+        Ok(())
+    } else {
+        Err(deadpool::managed::RecycleError::message(
+            "Invalid PING response",
+        ))
+    }
+}

@@ -2,7 +2,7 @@
 //! looked up again for every new connection, so after a failover the store
 //! follows the new primary without a restart.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
 use deadpool::managed::{self, Metrics, RecycleResult};
@@ -10,9 +10,7 @@ use deadpool_redis::redis::aio::MultiplexedConnection;
 use deadpool_redis::redis::sentinel::{
     SentinelClient, SentinelNodeConnectionInfo, SentinelServerType,
 };
-use deadpool_redis::redis::{
-    self, AsyncConnectionConfig, RedisConnectionInfo, RedisError, TlsMode,
-};
+use deadpool_redis::redis::{AsyncConnectionConfig, RedisConnectionInfo, RedisError, TlsMode};
 use deadpool_redis::{PoolConfig, Runtime};
 
 use crate::store::StoreError;
@@ -44,13 +42,7 @@ impl managed::Manager for Manager {
         conn: &mut MultiplexedConnection,
         _: &Metrics,
     ) -> RecycleResult<RedisError> {
-        let ping = self.ping_number.fetch_add(1, Ordering::Relaxed).to_string();
-        let pong: String = redis::cmd("PING").arg(&ping).query_async(conn).await?;
-        if pong == ping {
-            Ok(())
-        } else {
-            Err(managed::RecycleError::message("Invalid PING response"))
-        }
+        crate::store::pool::recycle_by_ping(conn, &self.ping_number).await
     }
 }
 
