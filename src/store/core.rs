@@ -352,10 +352,13 @@ impl<B: Backend> Core<B> {
                 for key in ended {
                     near.evict(key);
                 }
-                let mut saved = record.clone();
-                saved.version = *version;
-                saved.last_seen = sealed.now;
-                Some(saved).filter(|_| *tracked)
+                // Only a reply over the tracking connection is cached.
+                tracked.then(|| {
+                    let mut saved = record.clone();
+                    saved.version = *version;
+                    saved.last_seen = sealed.now;
+                    saved
+                })
             }
             _ => None,
         };
